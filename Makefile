@@ -1,0 +1,35 @@
+# One-command set-up, tests and quickstart. Everything goes into .venv/ in the repo root.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test quickstart lint clean
+
+setup: $(STAMP)
+
+# Re-run the install when requirements change. Without CUDA, pin the CPU torch build first so the
+# open `torch` range in requirements.txt is already satisfied (no multi-GB CUDA download).
+$(STAMP): requirements.txt
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+	  echo "CUDA found: installing torch from requirements"; \
+	else \
+	  $(VPY) -m pip install -q torch==2.13.0; \
+	fi
+	$(VPY) -m pip install -q -r requirements.txt
+	touch $(STAMP)
+
+test: setup
+	$(VPY) -m pytest -q
+
+quickstart: setup
+	$(VPY) -m rwkv.quickstart
+
+lint: setup
+	$(VPY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,17 @@
+"""WKV kernels: one signature per RWKV version, interchangeable backends (DESIGN.md §3).
+
+`wkv7(r, w, k, v, a, b, state=None, reset=None, backend="auto") -> (y, state)`
+
+* inputs `[B, T, H, N]`, any T ≥ 1; `w` is the log-decay λ ≤ 0 (not ω, not exp(λ));
+* `state` `[B, H, N, N]` in [value, key] layout (the `rwkv` pip layout), fp32 (fp64 for fp64 inputs);
+* `reset` optional bool `[B, T]`: the state is zeroed before token t (a packed document starts there);
+* returns y in the input dtype and the final state in the compute dtype; autograd reaches every input
+  including `state`.
+
+Backends: `reference` (per-token loop, the spec), `chunked` (spec §3.4, the CPU workhorse and GPU
+fallback), `cuda` (kernels in cuda/, used by `auto` only after a self-check against `chunked`).
+"""
+
+from .backends import available_backends, wkv5, wkv6, wkv7
+
+__all__ = ["wkv7", "wkv6", "wkv5", "available_backends"]
