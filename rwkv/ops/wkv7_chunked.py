@@ -59,11 +59,11 @@ def wkv7_chunked(r, w, k, v, a, b, state=None, reset=None, chunk_size: int | Non
     B, T, H, N = r.shape
     dt = compute_dtype(r)
     if not w.is_cuda:  # a device sync on GPU; on CPU the check is one cheap pass
-        lo = float(w.min())
-        if not math.isfinite(lo) or lo < -MAX_ABS_LOG_DECAY or float(w.max()) > 0:
+        lo = float(w.detach().min())
+        if not math.isfinite(lo) or lo < -MAX_ABS_LOG_DECAY or float(w.detach().max()) > 0:
             raise ValueError(
                 f"wkv7 chunked: log-decay w must lie in [-{MAX_ABS_LOG_DECAY}, 0] (RWKV-7 clamps it to "
-                f"(-0.6066, 0), model-spec §1.3); got min {lo:.4g}, max {float(w.max()):.4g}. "
+                f"(-0.6066, 0), model-spec §1.3); got min {lo:.4g}, max {float(w.detach().max()):.4g}. "
                 "Pass the log-decay λ, not the raw ω or the decay exp(λ); or use backend='reference'.")
     c = min(chunk_size or DEFAULT_CHUNK, T)
     NC = -(-T // c)

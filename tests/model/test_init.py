@@ -1,0 +1,98 @@
+"""Official init per parameter family (model-spec §1.4) and the init_model.py script."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rwkv.model import RWKVConfig, build_model, load_state_dict
+from rwkv.model.init import channel_ramps, layer_ratios
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(RWKVConfig(n_layer=3, n_embd=256, vocab_size=1000), init=True)
+
+
+def assert_orthogonal(W, gain):
+    W = W.double()
+    G = W @ W.T if W.shape[0] <= W.shape[1] else W.T @ W
+    torch.testing.assert_close(G, gain**2 * torch.eye(G.shape[0], dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+def test_zero_matrices(model):
+    for b in model.blocks:
+        for t in (b.att.w1, b.att.a1, b.att.v1, b.att.g1, b.att.output.weight, b.ffn.value.weight):
+            assert torch.count_nonzero(t) == 0
+
+
+def test_orthogonal_matrices_and_gains(model):
+    V, C = 1000, 256
+    for b in model.blocks:
+        for t in (b.att.w2, b.att.a2, b.att.v2, b.att.g2):
+            assert_orthogonal(t, 0.1)
+        assert_orthogonal(b.att.receptance.weight, 1.0)
+        assert_orthogonal(b.att.key.weight, 0.1)
+        assert_orthogonal(b.att.value.weight, 1.0)
+        assert_orthogonal(b.ffn.key.weight, 1.0)  # [4C, C]: gain 1.0, no √(rows/cols) (spec §1.4)
+    assert_orthogonal(model.head.weight, 0.5 * math.sqrt(V / C))
+
+
+def test_per_layer_vectors(model):
+    C, N, L = 256, 64, 3
+    ddd, lin, zig = channel_ramps(C, N)
+    n = torch.arange(C, dtype=torch.float64)
+    for l, b in enumerate(model.blocks):
+        r01, r10 = layer_ratios(l, L)
+        a = b.att
+        expect = {
+            "x_r": 1 - ddd ** (0.2 * r10), "x_w": 1 - ddd ** (0.9 * r10), "x_k": 1 - ddd ** (0.7 * r10),
+            "x_v": 1 - ddd ** (0.7 * r10), "x_a": 1 - ddd ** (0.9 * r10), "x_g": 1 - ddd ** (0.2 * r10),
+            "w0": -6 + 6 * (n / (C - 1)) ** (1 + r01 ** 0.3) + 0.5 + 2.5 * zig,
+            "a0": -0.19 + 0.3 * zig + 0.4 * lin, "v0": 0.73 - 0.4 * lin, "k_k": 0.71 - 0.1 * lin,
+        }
+        for name, want in expect.items():
+            got = getattr(a, name).detach().double().flatten()
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=0, msg=f"layer {l} {name}")
+        assert torch.all(a.k_a == 1.02) and torch.all(a.r_k == -0.04)
+        torch.testing.assert_close(b.ffn.x_k.detach().double().flatten(), 1 - ddd ** (r10 ** 4), atol=1e-6, rtol=0)
+        assert torch.allclose(a.ln_x.weight, torch.full((C,), ((l + 1) / L) ** 0.7))
+        assert torch.count_nonzero(a.ln_x.bias) == 0
+    # spot values independent of the helpers: layer 0, channel 0 and the last channel
+    a0 = model.blocks[0].att
+    assert a0.x_r.flatten()[0].item() == 1.0 and a0.x_r.flatten()[-1].item() == pytest.approx(1 - (255 / 256) ** 0.2)
+    assert a0.w0.flatten()[0].item() == pytest.approx(-6 + 0.5 + 2.5 * -1.0)
+
+
+def test_embedding_and_layernorms(model):
+    e = model.emb.weight
+    assert e.abs().max() <= 1e-4 and e.std() > 4e-5  # U(−1e-4, 1e-4): std 5.8e-5
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.LayerNorm):
+            assert torch.all(mod.weight == 1) and torch.all(mod.bias == 0), name
+
+
+def run_init(*args):
+    return subprocess.run([sys.executable, "init_model.py", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_init_model_script(tmp_path):
+    out = tmp_path / "m.pth"
+    p = run_init("--n_layer", 2, "--n_embd", 128, "--vocab_size", 1000, "--seed", 3, out)
+    assert p.returncode == 0, p.stderr
+    assert "736,512 parameters" in p.stdout  # 2VC + 4C + L(19C + 2C·ΣD + 12C²), spec §1.1
+    sd = load_state_dict(out)
+    assert all(t.dtype == torch.bfloat16 for t in sd.values())
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pth"]  # no temporary file left behind
+    before = out.stat().st_mtime_ns
+    p = run_init("--n_layer", 2, "--n_embd", 128, "--vocab_size", 1000, "--skip-if-exists", out)
+    assert p.returncode == 0 and "skipped" in p.stdout and out.stat().st_mtime_ns == before
+    p = run_init("--n_layer", 2, "--n_embd", 100, "--vocab_size", "world", tmp_path / "bad.pth")
+    assert p.returncode != 0 and "head_size" in p.stderr and not (tmp_path / "bad.pth").exists()
+    p = run_init("--n_layer", 2, "--n_embd", 128, "--vocab_size", "wrld", tmp_path / "bad.pth")
+    assert p.returncode != 0 and "--vocab_size" in p.stderr
