@@ -1,0 +1,97 @@
+"""`RWKVCLI`: the LightningCLI behind `python lightning_trainer.py fit|validate -c cfg.yaml` (DESIGN.md §4).
+
+The model class (RWKVLitModule) and data class (RWKVDataModule) are fixed, so YAML says
+`model: {n_layer: …}` and `data: {…}`. Values are stated once and linked: the tokenizer's vocab goes to
+the model, `model.ctx_len` to the data (official sampler windows), `trainer.microbatch_size` to the data
+loader. `fit --auto_resume true` resumes from the newest complete checkpoint when one exists.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningCLI
+
+from .data.datamodule import RWKVDataModule
+from .training.lit_module import RWKVLitModule
+from .training.strategies import register_strategies
+from .training.trainer import RWKVTrainer
+
+TRAINER_DEFAULTS = {
+    "gradient_clip_val": 1.0,  # spec §1.6 (DeepSpeed gets it through its config)
+    "num_sanity_val_steps": 0,
+    "use_distributed_sampler": False,  # RWKVDataModule builds per-rank samplers (resumable, official)
+    "log_every_n_steps": 1,
+    "max_epochs": 1,
+}
+
+
+class RWKVCLI(LightningCLI):
+    def __init__(self, args=None, run: bool = True):
+        register_strategies()
+        super().__init__(
+            RWKVLitModule, RWKVDataModule, trainer_class=RWKVTrainer, args=args, run=run,
+            trainer_defaults=dict(TRAINER_DEFAULTS), save_config_kwargs={"overwrite": True},
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.ctx_len", "data.ctx_len")
+        parser.link_arguments("trainer.microbatch_size", "data.micro_batch_size")
+        parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
+        parser.add_argument("--auto_resume", type=bool, default=False,
+                            help="fit: resume from the newest complete checkpoint of the run, if any")
+
+    def before_instantiate_classes(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():  # tf32 matmuls on GPU (issue 4 item 5); never at import
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        trainer = cfg["trainer"]
+        root = trainer.get("default_root_dir") or "runs"
+        # Defaults written into the config itself, so the resolved config saved with the run shows them.
+        if trainer.get("logger") in (None, True):
+            trainer["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                 "init_args": {"save_dir": root, "name": "logs"}}
+        callbacks = trainer.get("callbacks") or []
+        names = [str(getattr(cb, "class_path", "") or (cb.get("class_path") if isinstance(cb, dict) else ""))
+                 for cb in callbacks]
+        if trainer.get("enable_checkpointing") is not False and not any("ModelCheckpoint" in n for n in names):
+            # a fixed directory (not per logger version), so that resume finds the previous run's checkpoints
+            callbacks.append(Namespace(class_path="lightning.pytorch.callbacks.ModelCheckpoint",
+                                       init_args=Namespace(dirpath=os.path.join(root, "checkpoints"),
+                                                           save_last=True)))
+        if trainer.get("enable_progress_bar") is not False and not any("ProgressBar" in n for n in names):
+            callbacks.append(Namespace(class_path="lightning.pytorch.callbacks.TQDMProgressBar",
+                                       init_args=Namespace(refresh_rate=1)))
+        trainer["callbacks"] = callbacks
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        cfg_files = self.config.get(self.subcommand, self.config).get("config") if self.subcommand else None
+        if cfg_files:
+            self.datamodule.config_path = os.fspath(cfg_files[0])
+
+    def before_fit(self) -> None:
+        cfg = self.config[self.subcommand]
+        if cfg.get("auto_resume") and not cfg.get("ckpt_path"):
+            from .training.checkpointing import find_resume_checkpoint
+
+            ckpt = None
+            for cb in self.trainer.checkpoint_callbacks:  # callbacks without a dirpath write per run version
+                if cb.dirpath and (ckpt := find_resume_checkpoint(cb.dirpath)):
+                    break
+            if ckpt:
+                self.trainer.print(f"auto_resume: resuming from {ckpt}")
+                cfg["ckpt_path"] = str(ckpt)
+
+
+def main(args=None) -> None:
+    RWKVCLI(args=args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,296 @@
+"""`RWKVLitModule`: the plain RWKV model wrapped for Lightning (DESIGN.md §3–4).
+
+One training step = one optimizer step: the batch holds all micro batches of the step (see
+trainer.RWKVTrainer), each run through the segment loop (segments.py). Every backward but the last goes
+through `_backward`; the last is returned to Lightning, and gradient reduction happens exactly once per
+step: under DDP the earlier backwards run inside DDP's forward (the reducer is not armed yet, gradients
+accumulate locally); under DeepSpeed ZeRO-2/3 all backwards run inside `coalesce_grad_reduction()`, and
+under ZeRO-1 the earlier ones inside `no_sync()`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import ExitStack
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+
+from ..model import RWKVConfig, build_model, check_state_dict, infer_config, load_state_dict
+from .loss import head_ce_l2wrap, logits_ce_l2wrap
+from .optim import build_optimizer, lr_at, param_groups
+from .segments import NonFiniteLoss, eval_sample, run_sample, segment_bounds
+
+
+class RWKVLitModule(pl.LightningModule):
+    def __init__(
+        self,
+        version: Literal["x070", "x060", "x052"] = "x070",
+        load_model: str | None = None,
+        n_layer: int | None = None,
+        n_embd: int | None = None,
+        head_size: int = 64,
+        vocab_size: int | None = None,
+        dim_ffn: int | None = None,
+        ctx_len: int = 4096,
+        bptt: Literal["truncated", "full"] | int = "full",
+        grad_cp: bool = False,
+        lr_init: float = 6e-4,
+        lr_final: float = 6e-5,
+        lr_schedule: Literal["cosine", "linear", "constant"] = "cosine",
+        warmup_steps: int = 10,
+        token_budget: int | None = None,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        adam_eps: float = 1e-18,
+        weight_decay: float = 0.0,
+        layerwise_lr: bool = False,
+        l2wrap: bool = True,
+        on_nonfinite_loss: Literal["stop", "skip"] = "stop",
+    ):
+        """
+        Args:
+            version: Model version for a fresh model (x070, x060, x052); inferred from load_model when given.
+            load_model: A .pth to start from (official format); its sizes override n_layer/n_embd/….
+            n_layer: Number of layers of a fresh model.
+            n_embd: Embedding size of a fresh model.
+            head_size: Head size N (64 in every official model).
+            vocab_size: Model vocab; linked from the tokenizer (data.tokenizer), no need to set it.
+            dim_ffn: Channel-mix size (default 4·n_embd for x070, 3.5·n_embd for x060/x052).
+            ctx_len: Segment length: samples are cut into ctx_len segments with the state carried.
+            bptt: Gradient across segment boundaries: truncated, full (exact), or K = the last K boundaries.
+            grad_cp: Recompute each block in backward (less activation memory).
+            lr_init: Peak learning rate (after warm-up).
+            lr_final: Final learning rate at the end of the schedule.
+            lr_schedule: Decay shape from lr_init to lr_final: cosine, linear or constant.
+            warmup_steps: Optimizer steps of warm-up (lr × (0.01 + 0.99·step/warmup_steps)).
+            token_budget: If set, the schedule runs over this many tokens and training stops there.
+            beta1: Adam beta1.
+            beta2: Adam beta2.
+            adam_eps: Adam epsilon (official trainer: 1e-18).
+            weight_decay: Decoupled weight decay, applied to the large matrices only.
+            layerwise_lr: Use the RWKV-v5 folder's layer-wise lr groups (time_first 3×).
+            l2wrap: Apply L2Wrap (keeps logits near 0; model-spec §1.5).
+            on_nonfinite_loss: On a NaN/inf loss: stop with a message, or skip the step.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if isinstance(bptt, int) and bptt < 0:
+            raise ValueError(f"model.bptt must be truncated, full or an integer ≥ 0, got {bptt}")
+        self.model = self._build()
+        self.tokens_seen = 0  # all ranks, restored from checkpoints (drives a token-budget schedule)
+        self._sync_scope: ExitStack | None = None
+        self._step_t0 = None
+        self._val_sums = None
+
+    # ---- model -------------------------------------------------------------------------------------
+    def _build(self):
+        hp = self.hparams
+        if hp.load_model:
+            sd = load_state_dict(hp.load_model)
+            cfg = infer_config(sd)
+            for key in ("n_layer", "n_embd", "head_size", "dim_ffn"):
+                want = getattr(hp, key)
+                if want is not None and key != "head_size" and want != getattr(cfg, key):
+                    raise ValueError(f"model.{key}={want} disagrees with {hp.load_model} ({getattr(cfg, key)}); "
+                                     f"remove model.{key} to take it from the file")
+            if hp.vocab_size and hp.vocab_size > cfg.vocab_size:
+                raise ValueError(f"the tokenizer needs vocab_size {hp.vocab_size} but {hp.load_model} has "
+                                 f"{cfg.vocab_size} rows; pick the tokenizer the model was trained with")
+            check_state_dict(sd, cfg, source=hp.load_model)
+            model = build_model(cfg, grad_cp=hp.grad_cp)
+            model.load_state_dict(sd)
+            return model
+        missing = [k for k in ("n_layer", "n_embd", "vocab_size") if getattr(hp, k) is None]
+        if missing:
+            raise ValueError("a fresh model needs " + ", ".join(f"model.{k}" for k in missing)
+                             + " (vocab_size comes from data.tokenizer), or model.load_model")
+        cfg = RWKVConfig(version=hp.version, n_layer=hp.n_layer, n_embd=hp.n_embd, vocab_size=hp.vocab_size,
+                         head_size=hp.head_size, dim_ffn=hp.dim_ffn)
+        return build_model(cfg, grad_cp=hp.grad_cp, init=True)
+
+    def forward(self, idx, state=None, reset=None):
+        return self.model(idx, state, reset)
+
+    # ---- strategy helpers --------------------------------------------------------------------------
+    @property
+    def _deepspeed(self):
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        s = self.trainer.strategy
+        return s if isinstance(s, DeepSpeedStrategy) else None
+
+    def _loss_fn(self, hidden, targets, weights, n_learned):
+        ds = self._deepspeed
+        if ds is not None and ds.zero_stage_3:  # head weight is partitioned: call the module
+            return logits_ce_l2wrap(self.model.head(hidden), targets, weights, n_learned, self.hparams.l2wrap)
+        return head_ce_l2wrap(hidden, self.model.head.weight, targets, weights, n_learned, self.hparams.l2wrap)
+
+    def _eval_loss_fn(self, hidden, targets, weights, n_learned):
+        if self._deepspeed is not None and self._deepspeed.zero_stage_3:
+            return logits_ce_l2wrap(self.model.head(hidden), targets, weights, n_learned, False)
+        return head_ce_l2wrap(hidden, self.model.head.weight, targets, weights, n_learned, False)
+
+    def _backward(self, tensor):
+        """A backward pass that is not the step's last (that one is Lightning's)."""
+        ds = self._deepspeed
+        if ds is not None:
+            self.trainer.model.backward(tensor)  # the DeepSpeed engine (scaling, ZeRO bookkeeping)
+            return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        (scaler.scale(tensor) if scaler is not None else tensor).backward()
+
+    def _open_sync_scope(self):
+        ds = self._deepspeed
+        self._sync_scope = ExitStack()
+        if ds is None or ds.world_size == 1:
+            return
+        engine = self.trainer.model
+        stage = int(ds.config.get("zero_optimization", {}).get("stage", 0))
+        if stage >= 2 or hasattr(engine.optimizer, "_coalesce_grad_reduction"):
+            self._sync_scope.enter_context(engine.coalesce_grad_reduction())
+        else:  # ZeRO-1 with DeepSpeed's BF16 optimizer wrapper: earlier backwards without reduction
+            self._sync_scope.enter_context(engine.no_sync())
+            self._close_before_final = True
+
+    def _close_sync_scope(self):
+        if self._sync_scope is not None:
+            scope, self._sync_scope = self._sync_scope, None
+            scope.close()
+
+    def on_after_backward(self):
+        self._close_sync_scope()  # flushes DeepSpeed's coalesced reduction after the step's last backward
+
+    # ---- training ----------------------------------------------------------------------------------
+    def _micro_batches(self, batch):
+        mb = getattr(self.trainer, "microbatch_size", batch["input_ids"].shape[0])
+        B = batch["input_ids"].shape[0]
+        out = []
+        for s in range(0, B, mb):
+            part = {k: v[s:s + mb] for k, v in batch.items() if torch.is_tensor(v) and v.dim() >= 1}
+            L = int(part["lengths"].max()) if "lengths" in part else part["input_ids"].shape[1]
+            out.append({k: (v[:, :L] if v.dim() == 2 else v) for k, v in part.items()})
+        return out
+
+    def _all_reduce(self, values: list[float], op: str) -> list[float]:
+        if self.trainer.world_size == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        return self.trainer.strategy.reduce(t, reduce_op=op).tolist()
+
+    def on_train_batch_start(self, batch, batch_idx):
+        hp = self.hparams
+        lr = lr_at(self.global_step, self.tokens_seen, lr_init=hp.lr_init, lr_final=hp.lr_final,
+                   warmup_steps=hp.warmup_steps, schedule=hp.lr_schedule,
+                   total_steps=self._planned_steps(), total_tokens=hp.token_budget)
+        for opt in self.trainer.optimizers:
+            for g in opt.param_groups:
+                g["lr"] = lr * g.get("lr_scale", 1.0)
+        self._lr = lr
+        self._step_t0 = time.perf_counter()
+
+    def _planned_steps(self) -> int | None:
+        try:
+            steps = self.trainer.estimated_stepping_batches
+        except Exception:  # noqa: BLE001 - unknown length (e.g. infinite loader): no step-based decay
+            return None
+        return int(steps) if math.isfinite(steps) else None
+
+    def training_step(self, batch, batch_idx):
+        hp = self.hparams
+        micro = self._micro_batches(batch)
+        # every rank runs as many segments per micro batch as the longest (padding segments otherwise)
+        counts = self._all_reduce([len(segment_bounds(m["input_ids"].shape[1] - 1, hp.ctx_len)) for m in micro],
+                                  "max")
+        local_tokens = sum(int(m["lengths"].sum()) if "lengths" in m else m["input_ids"].numel() for m in micro)
+        (step_tokens,) = self._all_reduce([float(local_tokens)], "sum")
+        self._close_before_final = False
+        self._open_sync_scope()
+        results, bad = [], None
+        for i, m in enumerate(micro):
+            try:
+                res = run_sample(self.model, m["input_ids"], m["loss_mask"], hp.ctx_len, hp.bptt, self._loss_fn,
+                                 self._backward, reset=m.get("reset"), scale=1.0 / len(micro),
+                                 n_segments=int(counts[i]), defer_last=i == len(micro) - 1)
+            except NonFiniteLoss as e:  # handled below, after all ranks agree
+                bad = (i, e)
+                break
+            except BaseException:
+                self._close_sync_scope()
+                raise
+            results.append(res)
+        (n_bad,) = self._all_reduce([1.0 if bad else 0.0], "max")
+        if n_bad:
+            return self._handle_nonfinite(batch, micro, bad)
+        if self._close_before_final:
+            self._close_sync_scope()
+        self.tokens_seen += int(step_tokens)
+        loss_sum = sum(r.loss_sum for r in results)
+        learned = sum(r.learned for r in results)
+        self._log_step(loss_sum / max(learned, 1.0), step_tokens)
+        if hp.token_budget and self.tokens_seen >= hp.token_budget:
+            self.trainer.should_stop = True
+        return results[-1].deferred
+
+    def _handle_nonfinite(self, batch, micro, bad):
+        where = ""
+        if bad:
+            i, e = bad
+            rows = micro[i]["index"].tolist() if "index" in micro[i] else "unknown"
+            where = f" (rank {self.global_rank}, micro batch {i}, segment {e.segment}, dataset rows {rows})"
+        if self.hparams.on_nonfinite_loss == "stop":
+            self._close_sync_scope()
+            raise RuntimeError(f"non-finite loss at step {self.global_step}{where}. Lower model.lr_init, check "
+                               "the data, or set model.on_nonfinite_loss: skip to skip such steps.")
+        self.print(f"skipping step {self.global_step}: non-finite loss{where}")
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.zero_()
+        if self._deepspeed is None:
+            for p in self.model.parameters():
+                p.grad = None  # AdamW leaves parameters without a gradient untouched: a true skip
+            self._close_sync_scope()
+            return None
+        # DeepSpeed needs a backward every step: a zero-valued one (the step then sees zero gradients)
+        return sum((p * 0).sum() for p in self.model.parameters() if p.requires_grad)
+
+    def _log_step(self, loss: float, step_tokens: float):
+        dt = time.perf_counter() - self._step_t0 if self._step_t0 else float("nan")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, rank_zero_only=True)
+        self.log("lr", self._lr, prog_bar=True, on_step=True, rank_zero_only=True)
+        self.log("train/tok_s", step_tokens / dt if dt > 0 else 0.0, prog_bar=True, on_step=True,
+                 rank_zero_only=True)
+        self.log("train/tokens", float(self.tokens_seen), on_step=True, rank_zero_only=True)
+
+    # ---- validation --------------------------------------------------------------------------------
+    def on_validation_epoch_start(self):
+        self._val_sums = [0.0, 0.0]
+
+    def validation_step(self, batch, batch_idx):
+        for m in self._micro_batches(batch):
+            res = eval_sample(self.model, m["input_ids"], m["loss_mask"], self.hparams.ctx_len,
+                              self._eval_loss_fn, reset=m.get("reset"))
+            self._val_sums[0] += res.loss_sum
+            self._val_sums[1] += res.learned
+
+    def on_validation_epoch_end(self):
+        loss_sum, learned = self._all_reduce(self._val_sums, "sum")
+        loss = loss_sum / max(learned, 1.0)
+        self.log("val/loss", loss, prog_bar=True, rank_zero_only=True)
+        self.log("val/ppl", math.exp(min(loss, 50.0)), rank_zero_only=True)
+
+    # ---- optimizer and checkpoints -----------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        ds = self._deepspeed
+        offload = bool(ds is not None and getattr(ds, "offloads_optimizer", False))
+        groups = param_groups(self.model, hp.weight_decay, hp.layerwise_lr)
+        return build_optimizer(groups, hp.lr_init, (hp.beta1, hp.beta2), hp.adam_eps, offload=offload)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["rwkv"] = {"tokens_seen": self.tokens_seen, "model_config": self.model.cfg.to_dict()}
+
+    def on_load_checkpoint(self, checkpoint):
+        self.tokens_seen = int(checkpoint.get("rwkv", {}).get("tokens_seen", 0))

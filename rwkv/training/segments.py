@@ -1,0 +1,173 @@
+"""The segment loop (TBPTT) of DESIGN.md §3: samples of any length in `ctx_len` segments, state carried.
+
+Modes (`bptt`):
+* ``"truncated"`` — the state is detached at every boundary; each segment is forwarded and backwarded at
+  once (constant memory, no recomputation).
+* ``"full"`` — the exact gradient of the whole-sample loss: segments are first run without a graph,
+  keeping only their start states; then they are walked in reverse, each recomputed from its stored
+  start state with the gradient of the later segment's start state injected through
+  ``Σ ⟨state_out, ∂L/∂state_out⟩``. Memory: one segment's activations plus the boundary states.
+* an integer K — the gradient crosses the last K boundaries: the last K+1 segments form one exact group,
+  earlier segments are truncated. K = 0 is ``truncated``; K ≥ n−1 is ``full``.
+
+Loss = Σ w·CE over the micro-batch's learned tokens / their count (segments are not over-weighted).
+Every backward goes through the `backward` callback, except the final one of a step when `defer_last`:
+that tensor is returned, so the training framework performs it (one gradient reduction per step).
+Segment counts can be padded (`n_segments`) with 1-token, fully masked segments so that every rank makes
+the same number of forward and backward calls.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..model.state import detach_state
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, segment: int, value: float):
+        super().__init__(f"non-finite loss {value} in segment {segment}")
+        self.segment, self.value = segment, value
+
+
+@dataclass
+class SampleResult:
+    loss_sum: float = 0.0  # Σ w·CE (no L2Wrap), for logging
+    learned: float = 0.0  # Σ w
+    tokens: int = 0  # tokens processed (real, unpadded segments)
+    segments: int = 0
+    deferred: torch.Tensor | None = field(default=None, repr=False)
+
+
+def segment_bounds(T: int, ctx_len: int) -> list[tuple[int, int]]:
+    """Cut [0, T) into ctx_len segments; only the tail segment is shorter (no padding to ctx_len)."""
+    return [(a, min(a + ctx_len, T)) for a in range(0, T, ctx_len)]
+
+
+def bptt_groups(n_real: int, bptt, n_total: int | None = None) -> list[list[int]]:
+    """Consecutive segment groups inside which the gradient crosses boundaries.
+
+    Indices ≥ n_real are padding segments. The exact group always has min(K+1, n_total) members (padding
+    fills it when the sample is short), so the number of forward calls, n_total + K, and of backward
+    calls, n_total, do not depend on n_real: ranks with different sample lengths stay in step (ZeRO-3
+    gathers parameters in every forward and backward).
+    """
+    n_total = max(n_total or 0, n_real)
+    if bptt == "truncated":
+        K = 0
+    elif bptt == "full":
+        K = n_total
+    elif isinstance(bptt, int) and not isinstance(bptt, bool) and bptt >= 0:
+        K = bptt
+    else:
+        raise ValueError(f"model.bptt must be 'truncated', 'full' or an integer ≥ 0, got {bptt!r}")
+    e = min(K + 1, n_total)
+    if n_real >= e:
+        return ([[i] for i in range(n_real - e)] + [list(range(n_real - e, n_real))]
+                + [[i] for i in range(n_real, n_total)])
+    return [list(range(e))] + [[i] for i in range(e, n_total)]
+
+
+def _requires_grad_copy(state):
+    return tuple(tuple(t.detach().requires_grad_() for t in layer) for layer in state)
+
+
+def _inject(loss, state_out, grads):
+    """loss + Σ ⟨state_out, g⟩: its backward adds the later segment's state gradient (exact BPTT)."""
+    for layer_out, layer_g in zip(state_out, grads):
+        for t, g in zip(layer_out, layer_g):
+            if g is not None:
+                loss = loss + (t * g.to(t.dtype)).sum()
+    return loss
+
+
+def run_sample(model, input_ids, loss_mask, ctx_len: int, bptt, loss_fn, backward, *, reset=None,
+               scale: float = 1.0, n_segments: int | None = None, defer_last: bool = False,
+               check_finite: bool = True) -> SampleResult:
+    """Forward and backward of one micro-batch (rows of `input_ids` [B, L+1]) in segments.
+
+    loss_fn(hidden, targets, weights, n_learned) -> Σ w·CE (+ L2Wrap in backward), a scalar tensor.
+    backward(tensor) performs a backward pass (strategy-aware, supplied by the caller).
+    """
+    idx, targets = input_ids[:, :-1], input_ids[:, 1:]
+    weights = loss_mask[:, 1:]
+    rst = reset[:, :-1] if reset is not None else None
+    B, T = idx.shape
+    bounds = segment_bounds(T, ctx_len)
+    n_real = len(bounds)
+    n = max(n_real, n_segments or 0)
+    learned = float(weights.sum())
+    factor = scale / max(learned, 1.0)
+    res = SampleResult(learned=learned, tokens=B * T, segments=n_real)
+
+    def forward(i, state, with_loss: bool):
+        if i < n_real:
+            a, b = bounds[i]
+            x, tg, wt, r = idx[:, a:b], targets[:, a:b], weights[:, a:b], (rst[:, a:b] if rst is not None else None)
+        else:  # padding segment for rank synchronisation: one token, nothing learned
+            x = idx.new_zeros(B, 1)
+            tg, wt, r = x, weights.new_zeros(B, 1), None
+        hidden, new_state = model(x, state, r, return_hidden=True)
+        if not with_loss:
+            return None, new_state
+        loss_sum = loss_fn(hidden, tg, wt, learned)
+        value = float(loss_sum.detach())
+        if check_finite and not math.isfinite(value):
+            raise NonFiniteLoss(i, value)
+        res.loss_sum += value
+        return loss_sum * factor, new_state
+
+    groups = bptt_groups(n_real, bptt, n)
+    state = None
+    for gi, group in enumerate(groups):
+        last_group = gi == len(groups) - 1
+
+        def do_backward(t, final: bool):
+            if final and defer_last:
+                res.deferred = t
+            else:
+                backward(t)
+
+        if len(group) == 1:
+            loss, state = forward(group[0], state, True)
+            do_backward(loss, last_group)
+            state = detach_state(state)
+            continue
+        # exact group: forward without graph keeping start states, then recompute in reverse
+        starts = [state]
+        with torch.no_grad():
+            for i in group[:-1]:
+                _, st = forward(i, starts[-1], False)
+                starts.append(st)
+        s_in = _requires_grad_copy(starts[-1])
+        loss, end_state = forward(group[-1], s_in, True)
+        do_backward(loss, False)
+        grads = [[t.grad for t in layer] for layer in s_in]
+        for j in range(len(group) - 2, -1, -1):
+            first = j == 0
+            s_in = starts[j] if (first or starts[j] is None) else _requires_grad_copy(starts[j])
+            if first and s_in is not None:
+                s_in = detach_state(s_in)
+            loss, st = forward(group[j], s_in, True)
+            do_backward(_inject(loss, st, grads), last_group and first)
+            if not first:
+                grads = [[t.grad for t in layer] for layer in s_in]
+        state = detach_state(end_state)
+    return res
+
+
+@torch.no_grad()
+def eval_sample(model, input_ids, loss_mask, ctx_len: int, loss_fn, reset=None) -> SampleResult:
+    """Loss of a micro-batch in segments with the state carried (validation)."""
+    idx, targets, weights = input_ids[:, :-1], input_ids[:, 1:], loss_mask[:, 1:]
+    rst = reset[:, :-1] if reset is not None else None
+    res = SampleResult(learned=float(weights.sum()), tokens=idx.numel())
+    state = None
+    for a, b in segment_bounds(idx.shape[1], ctx_len):
+        hidden, state = model(idx[:, a:b], state, rst[:, a:b] if rst is not None else None, return_hidden=True)
+        res.loss_sum += float(loss_fn(hidden, targets[:, a:b], weights[:, a:b], res.learned))
+        res.segments += 1
+    return res

@@ -1,0 +1,113 @@
+"""Strategies that run unchanged on CPU and GPU (DESIGN.md §6, platform notes "DeepSpeed on CPU").
+
+Lightning's DeepSpeedStrategy refuses a CPU accelerator. `RWKVDeepSpeedStrategy` lifts exactly the three
+CUDA assumptions (the accelerator check, the CUDA device-index validation, and `device_rank` = the CUDA
+index) when the accelerator is the CPU, and is registered under the usual names (`deepspeed_stage_2`,
+`deepspeed_stage_3_offload`, …), so one YAML serves CPU tests and GPU clusters. Registration happens when
+the CLI starts (`register_strategies()`), never at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+
+from pathlib import Path
+
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, StrategyRegistry
+
+log = logging.getLogger(__name__)
+
+
+def _skip_cpu_shm_comm_build() -> None:
+    """DeepSpeed JIT-compiles a shared-memory all-reduce op for CPU (60–105 s on a cold machine); torch's
+    gloo collectives give identical results (platform notes), so use those."""
+    comm = importlib.import_module("deepspeed.comm.torch")  # `import deepspeed.comm.torch` finds torch
+    comm.build_shm_op = lambda: None
+
+
+class RWKVDeepSpeedStrategy(DeepSpeedStrategy):
+    @property
+    def _on_cpu(self) -> bool:
+        return isinstance(self.accelerator, CPUAccelerator)
+
+    def setup_environment(self) -> None:
+        if not self._on_cpu:
+            return super().setup_environment()
+        _skip_cpu_shm_comm_build()
+        DDPStrategy.setup_environment(self)  # the parent's only addition is the CUDA-only check
+
+    def setup_distributed(self) -> None:
+        if not self._on_cpu:
+            return super().setup_distributed()
+        from lightning.fabric.utilities.seed import reset_seed
+
+        reset_seed()
+        self.set_world_ranks()  # no CUDA device-index validation on CPU
+        self._init_deepspeed_distributed()
+
+    @property
+    def _device_rank(self):
+        return self.local_rank if self._on_cpu else self.root_device.index
+
+    def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
+        import deepspeed
+
+        engine, ds_optimizer, _, _ = deepspeed.initialize(
+            args=argparse.Namespace(device_rank=self._device_rank), config=self.config, model=model,
+            model_parameters=filter(lambda p: p.requires_grad, model.parameters()), optimizer=optimizer,
+            lr_scheduler=lr_scheduler, dist_init_required=False)
+        return engine, ds_optimizer
+
+    def _initialize_deepspeed_inference(self, model) -> None:
+        if not self._on_cpu:
+            return super()._initialize_deepspeed_inference(model)
+        import deepspeed
+        from lightning.pytorch.strategies.deepspeed import remove_module_hooks
+
+        config = {"train_micro_batch_size_per_gpu": 1}
+        for key in ("fp16", "bf16"):
+            if key in self.config:
+                config[key] = self.config[key]
+        if self.zero_stage_3:
+            config.update(zero_allow_untested_optimizer=self.config["zero_allow_untested_optimizer"],
+                          zero_optimization=self.config["zero_optimization"])
+        remove_module_hooks(model)
+        self.model, _, _, _ = deepspeed.initialize(
+            args=argparse.Namespace(device_rank=self._device_rank), config=config, model=model,
+            optimizer=None, lr_scheduler=None, model_parameters=[], dist_init_required=False)
+
+    def save_checkpoint(self, checkpoint, filepath, storage_options=None) -> None:
+        """DeepSpeed writes a directory of shards; stage it and swap it in so a kill never tears it."""
+        from .checkpointing import atomic_directory
+
+        filepath = Path(self.broadcast(str(filepath)))
+        with atomic_directory(filepath, self.is_global_zero, self.barrier) as staging:
+            super().save_checkpoint(checkpoint, staging, storage_options)
+
+    @property
+    def offloads_optimizer(self) -> bool:
+        zero = (self.config or {}).get("zero_optimization", {})
+        return bool(zero.get("offload_optimizer") or zero.get("offload_param"))
+
+    @property
+    def zero_stage(self) -> int:
+        return int((self.config or {}).get("zero_optimization", {}).get("stage", 0))
+
+
+_registered = False
+
+
+def register_strategies() -> None:
+    """Point the standard DeepSpeed strategy names at RWKVDeepSpeedStrategy (same arguments)."""
+    global _registered
+    if _registered:
+        return
+    names = [n for n in StrategyRegistry.available_strategies() if n.startswith("deepspeed")]
+    for name in names:
+        entry = StrategyRegistry[name]
+        StrategyRegistry.register(name, RWKVDeepSpeedStrategy, description=entry["description"],
+                                  override=True, **entry["init_params"])
+    _registered = True
