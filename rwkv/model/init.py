@@ -90,15 +90,3 @@ def init_x070(model) -> None:
         _set(ffn.x_k, 1 - ddd ** (r10 ** 4))
         orthogonal_(ffn.key.weight, 1.0)
         nn.init.zeros_(ffn.value.weight)
-
-
-_INITS = {"x070": init_x070}
-
-
-def register_init(version: str, fn) -> None:
-    _INITS[version] = fn
-
-
-def init_weights(model) -> None:
-    """Official init for the model's version, in place."""
-    _INITS[model.cfg.version](model)

@@ -69,7 +69,11 @@ def _n_layer(sd: dict) -> int:
 
 
 def detect_version(sd: dict) -> str:
-    """x070 has att.r_k; x060 has time_maa_*; x052 has a 2-D time_decay [H,N] and ln_x (spec §4.2)."""
+    """x070 has att.r_k; x060 has time_maa_*; x052 has a 2-D time_decay [H,N] and ln_x (spec §4.2).
+
+    pip scans keys in file order (ln_x -> 5, gate.weight -> 5.1, then a time_decay with shape[1] > 1 ->
+    5.2; time_maa -> 6); on official files this order-independent test gives the same answer.
+    """
     if any(k.endswith("att.r_k") for k in sd):
         return "x070"
     if any(".time_maa_" in k for k in sd):
@@ -96,6 +100,10 @@ def infer_config(sd: dict) -> RWKVConfig:
                   d_gate_lora=sd["blocks.0.att.g1"].shape[1])
     else:
         H, N = sd["blocks.0.att.time_faaaa"].shape
+        dim_att = sd["blocks.0.att.key.weight"].shape[0]  # pip's n_att (spec §4.2)
+        if dim_att != C or H * N != C:
+            raise ValueError(f"{version} checkpoint with dim_att {dim_att} (time_faaaa {H}x{N}) != "
+                             f"n_embd {C}: only dim_att = n_embd (as in the official releases) is supported")
         kw.update(head_size=N)
         if version == "x060":
             kw.update(d_mix_lora=sd["blocks.0.att.time_maa_w1"].shape[1] // 5,
@@ -133,7 +141,10 @@ def check_state_dict(sd: dict, cfg: RWKVConfig, source: str = "state dict") -> N
 def from_pth(path, config: RWKVConfig | None = None, dtype=None, grad_cp: bool = False):
     """Build a model from an official .pth. Sizes come from the file; `config`, when given, must agree."""
     sd = load_state_dict(path)
-    cfg = config or infer_config(sd)
+    try:
+        cfg = config or infer_config(sd)
+    except (ValueError, KeyError) as e:  # name the file (DESIGN.md §5.10)
+        raise ValueError(f"{path}: {e}") from e
     check_state_dict(sd, cfg, source=str(path))
     model = build_model(cfg, grad_cp=grad_cp)
     if dtype is not None:

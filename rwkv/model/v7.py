@@ -1,4 +1,4 @@
-"""RWKV-7 "Goose" (x070) as a plain nn.Module (model-spec §1).
+"""RWKV-7 "Goose" (x070) as a plain nn.Module (model-spec §1), and the skeleton x060/x052 reuse.
 
 Parameter names, shapes and registration order are exactly the official `.pth` keys (spec §1.2), so a
 state_dict is a checkpoint. `forward(idx, state=None, reset=None) -> (logits, state)` works for any T;
@@ -20,12 +20,17 @@ NEG_EXP_HALF = -0.6065306597126334
 GROUPNORM_EPS = 64e-5  # ln_x eps = 1e-5 · head_size_divisor² (spec §1.2 / §1.4)
 
 
-def token_shift(x: torch.Tensor, x_prev: torch.Tensor, reset: torch.Tensor | None) -> torch.Tensor:
-    """δ_t = z_{t−1} − z_t with z_{−1} = the carried x_prev; zero context where a document starts."""
+def shifted(x: torch.Tensor, x_prev: torch.Tensor, reset: torch.Tensor | None) -> torch.Tensor:
+    """z_{t−1} for every t, with z_{−1} = the carried x_prev; zero context where a document starts."""
     prev = torch.cat([x_prev.unsqueeze(1).to(x.dtype), x[:, :-1]], dim=1)
     if reset is not None:
         prev = prev.masked_fill(reset.unsqueeze(-1), 0.0)
-    return prev - x
+    return prev
+
+
+def token_shift(x: torch.Tensor, x_prev: torch.Tensor, reset: torch.Tensor | None) -> torch.Tensor:
+    """δ_t = z_{t−1} − z_t (spec §1.3), see `shifted`."""
+    return shifted(x, x_prev, reset) - x
 
 
 class TimeMix(nn.Module):
@@ -93,16 +98,21 @@ class ChannelMix(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: RWKVConfig, layer_id: int):
+    """Pre-LN residual block shared by x070/x060/x052 (spec §1.3, §2): ln0 on layer 0, then
+    x + att(ln1(x)), x + ffn(ln2(x)). The time-mix class decides what `v_first` means (x070's value
+    residual); x060/x052 time-mixes pass it through untouched."""
+
+    def __init__(self, cfg: RWKVConfig, layer_id: int, time_mix=None, channel_mix=None):
         super().__init__()
         self.layer_id = layer_id
         C = cfg.n_embd
+        # registration order = official key order: ln1, ln2, (ln0), att, ffn (spec §1.2)
         self.ln1 = nn.LayerNorm(C)
         self.ln2 = nn.LayerNorm(C)
         if layer_id == 0:
             self.ln0 = nn.LayerNorm(C)  # applied to the embedding (spec §1.3)
-        self.att = TimeMix(cfg, layer_id)
-        self.ffn = ChannelMix(cfg, layer_id)
+        self.att = (time_mix or TimeMix)(cfg, layer_id)
+        self.ffn = (channel_mix or ChannelMix)(cfg, layer_id)
 
     def forward(self, x, att_x_prev, S, ffn_x_prev, v_first, reset=None):
         if self.layer_id == 0:
@@ -113,23 +123,28 @@ class Block(nn.Module):
         return x + dx, att_x_prev, S, ffn_x_prev, v_first
 
 
-class RWKV7(nn.Module):
-    """x070 language model. `grad_cp` recomputes each block in backward (activation memory of one block)."""
+class RWKVModel(nn.Module):
+    """Language-model skeleton shared by every version: emb, blocks, ln_out, head (spec §1.2, §2).
+
+    Subclasses set `version`, `time_mix` and `channel_mix`. `grad_cp` recomputes each block in
+    backward (activation memory of one block). The state layout is described in rwkv.model.state.
+    """
+
+    version = ""
+    time_mix: type = None
+    channel_mix: type = None
 
     def __init__(self, cfg: RWKVConfig, grad_cp: bool = False):
         super().__init__()
-        if cfg.version != "x070":
-            raise ValueError(f"RWKV7 needs version x070, got {cfg.version}")
+        if cfg.version != self.version:
+            raise ValueError(f"{type(self).__name__} needs version {self.version}, got {cfg.version}")
         self.cfg = cfg
         self.grad_cp = grad_cp
         self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, i, self.time_mix, self.channel_mix)
+                                    for i in range(cfg.n_layer))
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        # Layer 0 stores v0/v1/v2 like the official files (spec §1.2) but never uses them: freeze them so
-        # DDP does not wait for gradients that never come and optimizers skip them.
-        for name in ("v0", "v1", "v2"):
-            getattr(self.blocks[0].att, name).requires_grad_(False)
 
     def forward(self, idx, state=None, reset=None, return_hidden: bool = False):
         """idx [B,T] -> (logits [B,T,V] or hidden [B,T,C] if return_hidden, new state)."""
@@ -151,3 +166,18 @@ class RWKV7(nn.Module):
             new_state.append((att_prev, S, ffn_prev))
         x = self.ln_out(x)
         return (x if return_hidden else self.head(x)), tuple(new_state)
+
+
+class RWKV7(RWKVModel):
+    """x070 language model."""
+
+    version = "x070"
+    time_mix = TimeMix
+    channel_mix = ChannelMix
+
+    def __init__(self, cfg: RWKVConfig, grad_cp: bool = False):
+        super().__init__(cfg, grad_cp)
+        # Layer 0 stores v0/v1/v2 like the official files (spec §1.2) but never uses them: freeze them so
+        # DDP does not wait for gradients that never come and optimizers skip them.
+        for name in ("v0", "v1", "v2"):
+            getattr(self.blocks[0].att, name).requires_grad_(False)
