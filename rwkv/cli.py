@@ -90,7 +90,13 @@ class RWKVCLI(LightningCLI):
 
 
 def main(args=None) -> None:
-    RWKVCLI(args=args)
+    from .errors import user_error_types
+
+    try:
+        RWKVCLI(args=args)
+    except user_error_types() as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import torch
 
+from ..errors import ConfigError
 from ..model import RWKVConfig, build_model, check_state_dict, infer_config, load_state_dict
 from .loss import head_ce_l2wrap, logits_ce_l2wrap
 from .optim import build_optimizer, lr_at, param_groups
@@ -78,7 +79,7 @@ class RWKVLitModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if isinstance(bptt, int) and bptt < 0:
-            raise ValueError(f"model.bptt must be truncated, full or an integer ≥ 0, got {bptt}")
+            raise ConfigError(f"model.bptt must be truncated, full or an integer ≥ 0, got {bptt}")
         self.model = self._build()
         self.tokens_seen = 0  # all ranks, restored from checkpoints (drives a token-budget schedule)
         self._sync_scope: ExitStack | None = None
@@ -94,10 +95,10 @@ class RWKVLitModule(pl.LightningModule):
             for key in ("n_layer", "n_embd", "head_size", "dim_ffn"):
                 want = getattr(hp, key)
                 if want is not None and key != "head_size" and want != getattr(cfg, key):
-                    raise ValueError(f"model.{key}={want} disagrees with {hp.load_model} ({getattr(cfg, key)}); "
+                    raise ConfigError(f"model.{key}={want} disagrees with {hp.load_model} ({getattr(cfg, key)}); "
                                      f"remove model.{key} to take it from the file")
             if hp.vocab_size and hp.vocab_size > cfg.vocab_size:
-                raise ValueError(f"the tokenizer needs vocab_size {hp.vocab_size} but {hp.load_model} has "
+                raise ConfigError(f"the tokenizer needs vocab_size {hp.vocab_size} but {hp.load_model} has "
                                  f"{cfg.vocab_size} rows; pick the tokenizer the model was trained with")
             check_state_dict(sd, cfg, source=hp.load_model)
             model = build_model(cfg, grad_cp=hp.grad_cp)
@@ -105,7 +106,7 @@ class RWKVLitModule(pl.LightningModule):
             return model
         missing = [k for k in ("n_layer", "n_embd", "vocab_size") if getattr(hp, k) is None]
         if missing:
-            raise ValueError("a fresh model needs " + ", ".join(f"model.{k}" for k in missing)
+            raise ConfigError("a fresh model needs " + ", ".join(f"model.{k}" for k in missing)
                              + " (vocab_size comes from data.tokenizer), or model.load_model")
         cfg = RWKVConfig(version=hp.version, n_layer=hp.n_layer, n_embd=hp.n_embd, vocab_size=hp.vocab_size,
                          head_size=hp.head_size, dim_ffn=hp.dim_ffn)
@@ -163,6 +164,15 @@ class RWKVLitModule(pl.LightningModule):
     def on_after_backward(self):
         self._close_sync_scope()  # flushes DeepSpeed's coalesced reduction after the step's last backward
 
+    def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
+        """Lightning zeroes gradients between `training_step` and its backward, which would erase the
+        gradients of the step's earlier segments; they are cleared at the start of `training_step`."""
+
+    def _zero_grad(self):
+        if self._deepspeed is None:  # DeepSpeed clears (and partitions) gradients in engine.step()
+            for opt in self.trainer.optimizers:
+                opt.zero_grad(set_to_none=True)
+
     # ---- training ----------------------------------------------------------------------------------
     def _micro_batches(self, batch):
         mb = getattr(self.trainer, "microbatch_size", batch["input_ids"].shape[0])
@@ -206,6 +216,7 @@ class RWKVLitModule(pl.LightningModule):
                                   "max")
         local_tokens = sum(int(m["lengths"].sum()) if "lengths" in m else m["input_ids"].numel() for m in micro)
         (step_tokens,) = self._all_reduce([float(local_tokens)], "sum")
+        self._zero_grad()
         self._close_before_final = False
         self._open_sync_scope()
         results, bad = [], None

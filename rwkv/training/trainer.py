@@ -14,6 +14,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ..errors import ConfigError
 from .checkpointing import AtomicCheckpointIO
 
 
@@ -25,10 +26,10 @@ class RWKVTrainer(Trainer):
             target_batch_size: Samples per optimizer step over all devices; sets gradient accumulation.
         """
         if microbatch_size < 1:
-            raise ValueError(f"trainer.microbatch_size must be ≥ 1, got {microbatch_size}")
+            raise ConfigError(f"trainer.microbatch_size must be ≥ 1, got {microbatch_size}")
         accumulate = kwargs.pop("accumulate_grad_batches", 1) or 1
         if target_batch_size and accumulate != 1:
-            raise ValueError("set either trainer.target_batch_size or trainer.accumulate_grad_batches, not both")
+            raise ConfigError("set either trainer.target_batch_size or trainer.accumulate_grad_batches, not both")
         plugins = kwargs.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Training-step throughput and MFU on this CPU (issue 4 item 9).
+
+One step = forward + backward through the real segment loop (rwkv.training.segments) with the fused
+head/CE/L2Wrap loss, global-norm clipping at 1.0 and the official AdamW groups — what RWKVLitModule runs
+per optimizer step. MFU = 6 · (parameters except emb.weight) · tokens/s ÷ the fp32 2048³ matmul FLOP/s
+measured in the same run with the same thread count. Best of N steps after a warm-up.
+
+    python bench/train.py                 # L6-D512, ctx 512, micro batch 4, fp32, vocab 65536 and 1024
+    python bench/train.py --steps 3 --vocab 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from rwkv.model import RWKVConfig, build_model  # noqa: E402
+from rwkv.training.loss import head_ce_l2wrap  # noqa: E402
+from rwkv.training.optim import build_optimizer, param_groups  # noqa: E402
+from rwkv.training.segments import run_sample  # noqa: E402
+
+
+def matmul_flops(n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def bench_step(vocab: int, n_layer: int, n_embd: int, ctx: int, batch: int, steps: int, bptt: str) -> dict:
+    torch.manual_seed(0)
+    model = build_model(RWKVConfig(n_layer=n_layer, n_embd=n_embd, vocab_size=vocab), init=True)
+    opt = build_optimizer(param_groups(model, 0.0), 6e-4, (0.9, 0.99), 1e-18)
+    ids = torch.randint(0, vocab, (batch, ctx + 1))
+    mask = torch.ones(batch, ctx + 1)
+    loss_fn = lambda h, tg, wt, n: head_ce_l2wrap(h, model.head.weight, tg, wt, n)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step():
+        run_sample(model, ids, mask, ctx, bptt, loss_fn, lambda t: t.backward())
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    n_params = sum(p.numel() for n, p in model.named_parameters() if n != "emb.weight")
+    best = min(times)
+    return {"vocab": vocab, "params_no_emb": n_params, "best_s": best, "tok_s": batch * ctx / best,
+            "times": times}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vocab", type=int, nargs="*", default=[65536, 1024])
+    p.add_argument("--n_layer", type=int, default=6)
+    p.add_argument("--n_embd", type=int, default=512)
+    p.add_argument("--ctx", type=int, default=512)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--bptt", default="truncated")
+    args = p.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    peak = matmul_flops()
+    print(f"fp32 2048^3 matmul: {peak / 1e9:.1f} GFLOP/s")
+    for v in args.vocab:
+        r = bench_step(v, args.n_layer, args.n_embd, args.ctx, args.batch, args.steps, args.bptt)
+        peak2 = matmul_flops()  # re-measure next to the step: the machine's speed drifts
+        peak_used = max(peak, peak2)
+        mfu = 6 * r["params_no_emb"] * r["tok_s"] / peak_used
+        print(f"L{args.n_layer}-D{args.n_embd} ctx {args.ctx} B{args.batch} vocab {v}: "
+              f"{r['params_no_emb'] / 1e6:.1f}M params (no emb), best step {r['best_s']:.2f} s "
+              f"({', '.join(f'{t:.2f}' for t in r['times'])}), {r['tok_s']:.0f} tok/s, "
+              f"MFU {100 * mfu:.1f}% (matmul {peak_used / 1e9:.1f} GFLOP/s)")
+
+
+if __name__ == "__main__":
+    main()
