@@ -91,58 +91,58 @@ class DataConfig:
     ):
         """
         Args:
-            data_path: Directory of the tokenized DatasetDict (train, test) written by preload_datapath.py.
-            source: HF hub dataset id, a local dataset folder, a builder (json/jsonl, csv, parquet, text), binidx, or null to use data_path as is.
-            source_data_files: Data files for the builder (path, glob, list, or {split: files}); for binidx the .bin/.idx prefix.
-            source_data_dir: data_dir passed to datasets.load_dataset (relative data files resolve against it).
-            source_dataset_params: Extra keyword arguments passed through to datasets.load_dataset (e.g. name, revision).
+            data_path: Directory of the tokenized DatasetDict (train, test) that preload writes.
+            source: Hub id or local dataset folder; json/jsonl, csv, parquet, text; binidx; null = data_path.
+            source_data_files: Data files (path, glob, list or {split: files}); binidx: the .bin/.idx prefix.
+            source_data_dir: data_dir for load_dataset (relative source_data_files resolve against it).
+            source_dataset_params: Extra keyword arguments for datasets.load_dataset (name, revision...).
             source_dataset_split: Source split used as train.
-            source_dataset_test_split: Source split used as test instead of holding out test_split from train.
-            tokenizer: world, neox, bytes, a tokenizer.json path, or a local Hugging Face tokenizer directory.
+            source_dataset_test_split: Source split used as test instead of holding out test_split.
+            tokenizer: world, neox, bytes, a tokenizer.json path, or a local HF tokenizer directory.
             eod_token_id: End-of-document token appended after every document (null = none).
             custom_text_key: Column tokenized as plain text; takes priority over every other format.
-            multi_column_keys: Columns merged into one document (null = instruction/input/output when present; [] = off).
-            multi_column_prefix: Per-column prefix (default 'Instruction:\\n', 'Input:\\n', 'Output:\\n').
+            multi_column_keys: Columns merged into one document (null = instruction/input/output; [] = off).
+            multi_column_prefix: Per-column prefix (default Instruction:, Input:, Output: + newline).
             multi_column_suffix: Per-column suffix (default empty).
-            multi_column_train_mask: Per-column learn flag (default [true, false, true]: input is masked).
+            multi_column_train_mask: Per-column learn flag (default [true, false, true]: input masked).
             multi_column_separator: Text between merged columns; learned iff the column after it is.
-            disable_prompt_completion_mask: Learn the prompt of prompt/completion records too (default: prompt masked).
-            conversation_format: iopairs or sender (infctx formats) or messages (chat list of {role, content}).
-            conversation_key: Column holding the list of turns (default: messages for messages, conversation otherwise).
+            disable_prompt_completion_mask: Also learn the prompt of prompt/completion records.
+            conversation_format: iopairs or sender (infctx formats), or messages ([{role, content}]).
+            conversation_key: Column holding the turns (default messages, or conversation).
             conversation_end_of_conversation: Text appended (learned) after the last turn.
-            conversation_input_key_prefix_map: iopairs: prefix per turn key (default input->'User: ', output->'Assistant: ').
-            conversation_input_key_mask: iopairs: learn flag per turn key; a key not listed is learned (default input false).
+            conversation_input_key_prefix_map: iopairs: prefix per turn key (default User: / Assistant:).
+            conversation_input_key_mask: iopairs: learn flag per turn key; unlisted keys are learned.
             conversation_sender_key: sender: field naming the speaker of a turn.
             conversation_sender_value_map: sender: speaker value -> display label used as {sender}.
-            conversation_input_key_map: sender: turn field -> template with {sender} (default message->'{sender}: ').
-            conversation_sender_mask: sender: learn flag per speaker value; a speaker not listed is learned.
-            conversation_sender_suffix: iopairs/sender: suffix per turn key or speaker (default '\\n\\n').
-            conversation_role_map: messages: role -> label (default system/user/assistant -> System/User/Assistant).
+            conversation_input_key_map: sender: turn field -> template with {sender} (message: '{sender}: ').
+            conversation_sender_mask: sender: learn flag per speaker; unlisted speakers are learned.
+            conversation_sender_suffix: iopairs/sender: suffix per turn key or speaker (default blank line).
+            conversation_role_map: messages: role -> label (default System, User, Assistant).
             conversation_role_mask: messages: learn flag per role (default only assistant is learned).
-            min_token_size: Drop documents with fewer tokens than this (counting the end-of-document token; -1 = off).
+            min_token_size: Drop documents with fewer tokens, end-of-document included (-1 = off).
             max_token_size: Drop documents with more tokens than this (-1 = off).
-            text_rechunk_size: Row length when rechunking (concatenate all documents, cut into rows of this size).
+            text_rechunk_size: Row length when rechunking (all documents concatenated, then cut).
             text_rechunk_auto: Rechunk automatically when source is text.
             text_rechunk_force: Rechunk any source (packing is then off).
-            packing_enable: Pack several documents into rows of up to packing_max_len tokens, recording document starts.
+            packing_enable: Pack documents into rows of up to packing_max_len tokens, recording starts.
             packing_max_len: Longest packed row in tokens (ideally a multiple of model.ctx_len).
             packing_in_sequence: Pack in dataset order (next fit) instead of best-fit-decreasing.
             sort_by_length: Sort train rows by length (then the train sampler does not shuffle).
             sort_asc: Ascending (true) or descending sort.
-            test_split: Held-out documents: a fraction in [0, 1) or a count >= 1 (0 = no test rows).
-            test_split_shuffle: Pick the held-out documents at random (seeded) instead of the last ones.
-            dataset_offset: Skip this many source records (a float < 1 is a fraction; -1 = off).
-            dataset_length: Keep at most this many source records after the offset (float < 1 = fraction; -1 = all).
+            test_split: Held-out documents: a fraction in [0, 1) or a count >= 1 (0 = none).
+            test_split_shuffle: Pick the held-out documents at random (seeded), not the last ones.
+            dataset_offset: Skip this many source records (float < 1 = fraction; -1 = off).
+            dataset_length: Keep at most this many records after the offset (float < 1 = fraction).
             seed: Seed for the test split and anything else random in the preload.
             num_proc: Tokenizer worker processes (null = CPU count); does not change the output.
-            micro_batch_size: Rows per batch per rank (linked by the CLI from trainer.microbatch_size).
-            ctx_len: Segment length (linked by the CLI from model.ctx_len); window size of the official sampler.
-            auto_preload: Build a missing or stale data_path at fit start (global rank 0) instead of stopping.
-            reset_state_per_document: For packed rows, reset the recurrent state at each document start.
+            micro_batch_size: Rows per batch per rank (linked from trainer.microbatch_size).
+            ctx_len: Segment length (linked from model.ctx_len); the official sampler's window.
+            auto_preload: At fit start, build a missing or stale data_path instead of stopping.
+            reset_state_per_document: For packed rows, reset the recurrent state at each document.
             shuffle: Shuffle train rows each epoch (seeded by sampler_seed and the epoch).
-            sampler: default (rows of data_path) or official (binidx source read directly with the magic_prime sampler).
+            sampler: default (rows of data_path) or official (RWKV-LM magic_prime sampler, binidx).
             sampler_seed: Seed of the train shuffle (null = seed).
-            magic_prime: official sampler: the prime p (null = computed from the data size and ctx_len).
+            magic_prime: official sampler: the prime p (null = from the data size and ctx_len).
             epoch_begin: official sampler: mini-epoch to start from (sample counter offset).
             num_workers: DataLoader worker processes.
         """

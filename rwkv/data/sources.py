@@ -1,0 +1,244 @@
+"""Sources: resolve and fingerprint the input files, load them through `datasets.load_dataset`,
+and turn load failures into one clear error naming the file and line (issue 3 §2, §6, §8).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+
+from .errors import DataError
+
+# Files of a local hub-like dataset folder that never change the data.
+_IGNORED_DIRS = {".git", ".cache", "__pycache__"}
+
+
+def _patterns(files) -> list[tuple[str | None, str]]:
+    """(split or None, pattern) pairs from source_data_files (str, list or {split: str|list})."""
+    if files is None:
+        return []
+    if isinstance(files, dict):
+        return [(s, p) for s, v in files.items() for p in ([v] if isinstance(v, str) else v)]
+    return [(None, p) for p in ([files] if isinstance(files, str) else files)]
+
+
+def resolve_data_files(cfg) -> list[Path]:
+    """Expand source_data_files like load_dataset does (relative to source_data_dir when given)."""
+    base = Path(cfg.source_data_dir or ".").expanduser()
+    out: list[Path] = []
+    for _, pat in _patterns(cfg.source_data_files):
+        full = Path(pat).expanduser()
+        full = full if full.is_absolute() else base / full
+        matches = sorted(glob.glob(str(full), recursive=True))
+        matches = [m for m in matches if os.path.isfile(m)]
+        if not matches:
+            raise DataError(f"data.source_data_files: {pat!r} matches no file (looked for {full}); "
+                            "fix the path or glob")
+        out.extend(Path(m) for m in matches)
+    return out
+
+
+def _walk(root: Path) -> list[Path]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _IGNORED_DIRS and not d.startswith("."))
+        files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+    return files
+
+
+def local_source_files(cfg) -> list[Path] | None:
+    """Every local file the source reads, or None for a hub id (not on this disk)."""
+    if cfg.source == "binidx":
+        prefix = str(cfg.source_data_files)
+        for ext in (".bin", ".idx"):
+            prefix = prefix[: -len(ext)] if prefix.endswith(ext) else prefix
+        return [Path(prefix + ".bin"), Path(prefix + ".idx")]
+    files = resolve_data_files(cfg) if cfg.source_data_files is not None else []
+    if cfg.source_data_dir and cfg.source_data_files is None:
+        if not Path(cfg.source_data_dir).is_dir():
+            raise DataError(f"data.source_data_dir: {cfg.source_data_dir} is not a directory")
+        files.extend(_walk(Path(cfg.source_data_dir)))
+    if cfg.builder():
+        if not files:
+            raise DataError(f"data.source: builder {cfg.source!r} needs data.source_data_files "
+                            "(or data.source_data_dir) naming local files")
+        return files
+    src = Path(str(cfg.source)).expanduser()
+    if src.exists():  # a local folder laid out like a hub dataset repo
+        return files + (_walk(src) if src.is_dir() else [src])
+    return None
+
+
+def source_fingerprint(cfg) -> dict:
+    """What identifies the input: size and mtime of every local file, or the hub id + params
+    (pin `revision` in source_dataset_params to make hub rebuilds reproducible)."""
+    files = local_source_files(cfg)
+    if files is None:
+        return {"hub": cfg.source, "params": cfg.source_dataset_params or {}}
+    stats = []
+    for p in files:
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            if cfg.source == "binidx":
+                raise DataError(f"binidx: {p} does not exist; data.source_data_files must be the path prefix "
+                                "of a .bin/.idx pair (without the extension)") from None
+            raise DataError(f"data.source_data_files: {p} does not exist") from None
+        stats.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+    return {"files": stats}
+
+
+def load_source(cfg, cache_dir: str, num_proc: int):
+    """-> (train Dataset, test Dataset or None). Local builders cache into `cache_dir` (scratch,
+    deleted after the build); hub ids use the normal HF cache."""
+    import datasets
+
+    params = dict(cfg.source_dataset_params or {})
+    kwargs: dict = {}
+    builder = cfg.builder()
+    src = builder or str(cfg.source)
+    if builder == "text":
+        # One document per file (newlines kept) unless the user asks otherwise: the line default
+        # of the text builder strips every newline, which no RWKV user wants.
+        params.setdefault("sample_by", "document")
+    if cfg.source_data_files is not None:
+        kwargs["data_files"] = cfg.source_data_files
+    if cfg.source_data_dir:
+        kwargs["data_dir"] = cfg.source_data_dir
+    local = builder is not None or Path(src).expanduser().exists()
+    if local:
+        kwargs["cache_dir"] = cache_dir
+        nfiles = len(local_source_files(cfg) or [])
+        if nfiles > 1 and num_proc > 1:
+            kwargs["num_proc"] = min(num_proc, nfiles)
+    try:
+        loaded = datasets.load_dataset(src, **kwargs, **params)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - translated into a user-facing error below
+        raise diagnose_load_failure(cfg, e) from None
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict({cfg.source_dataset_split: loaded})
+
+    def split(name: str, key: str):
+        if name not in loaded:
+            raise DataError(f"data.{key}: the source has no split {name!r} (it has {sorted(loaded)})")
+        return loaded[name]
+
+    train = split(cfg.source_dataset_split, "source_dataset_split")
+    test = split(cfg.source_dataset_test_split, "source_dataset_test_split") \
+        if cfg.source_dataset_test_split else None
+    return train, test
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnosis: find the file and line behind a load failure or a bad record
+
+def _summary(exc: BaseException) -> str:
+    msgs, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc).strip().splitlines()
+        if text:
+            msgs.append(f"{type(exc).__name__}: {text[0][:200]}")
+        exc = exc.__cause__ or exc.__context__
+    return msgs[-1] if msgs else "unknown error"
+
+
+def _is_jsonl(path: Path) -> bool:
+    return path.suffix.lower() in (".jsonl", ".ndjson") or path.name.lower().endswith((".jsonl.gz",))
+
+
+def _check_json_file(path: Path) -> str | None:
+    """First problem in a JSON / JSON-lines file: bad UTF-8, malformed line, non-object record,
+    or a key whose type changes between records (which Arrow cannot store)."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        return f"{path}, line {line}: not UTF-8 (byte 0x{raw[e.start]:02x}); re-encode the file as UTF-8"
+    if not _is_jsonl(path) and text.lstrip().startswith("["):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as e:
+            return f"{path}, line {e.lineno}: malformed JSON ({e.msg})"
+        return None
+    types: dict[str, tuple[str, int]] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            return (f"{path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno}); "
+                    "fix or remove the line")
+        if not isinstance(rec, dict):
+            return f"{path}, line {lineno}: each line must be a JSON object, got {type(rec).__name__}"
+        for k, v in rec.items():
+            if v is None:
+                continue
+            t = type(v).__name__ if not isinstance(v, int | float) or isinstance(v, bool) else "number"
+            first = types.setdefault(k, (t, lineno))
+            if first[0] != t:
+                return (f"{path}, line {lineno}: key {k!r} is a {t} here but a {first[0]} on line "
+                        f"{first[1]}; every record must use the same type per key")
+    return None
+
+
+def _check_text_file(path: Path) -> str | None:
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        return f"{path}, line {line}: not UTF-8 (byte 0x{raw[e.start]:02x}); re-encode the file as UTF-8"
+    return None
+
+
+def diagnose_load_failure(cfg, exc: BaseException) -> DataError:
+    try:
+        files = local_source_files(cfg) or []
+    except DataError as e:
+        return e
+    for p in files:
+        suffix = p.suffix.lower()
+        if suffix in (".json", ".jsonl", ".ndjson"):
+            problem = _check_json_file(p)
+        elif suffix in (".txt", ".csv", ".tsv", ".md"):
+            problem = _check_text_file(p)
+        else:
+            problem = None
+        if problem:
+            return DataError(problem)
+    where = f"data.source {cfg.source!r}"
+    if cfg.source_data_files:
+        where += f" with files {cfg.source_data_files!r}"
+    return DataError(f"could not load {where}: {_summary(exc)}. Check data.source, data.source_data_files "
+                     "and data.source_dataset_params")
+
+
+def locate_record(cfg, record: int) -> str | None:
+    """'file, line N' of source record `record` (0-based, before offset) for JSON-lines sources,
+    where records map to non-blank lines in file order; None when that mapping is unknown."""
+    try:
+        files = local_source_files(cfg) or []
+    except DataError:
+        return None
+    if not files or not all(_is_jsonl(p) or p.suffix.lower() == ".json" for p in files):
+        return None
+    for p in files:  # a .json file holding one array has no record-per-line mapping
+        with open(p, encoding="utf-8", errors="replace") as f:
+            if f.read(4096).lstrip().startswith("["):
+                return None
+    left = record
+    for p in files:
+        with open(p, encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    if left == 0:
+                        return f"{p}, line {lineno}"
+                    left -= 1
+    return None
