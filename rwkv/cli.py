@@ -86,7 +86,9 @@ class RWKVCLI(LightningCLI):
                     break
             if ckpt:
                 self.trainer.print(f"auto_resume: resuming from {ckpt}")
-                cfg["ckpt_path"] = str(ckpt)
+                self.config_init[self.subcommand]["ckpt_path"] = str(ckpt)  # what fit() receives
+            else:
+                self.trainer.print("auto_resume: no complete checkpoint found, starting from scratch")
 
 
 def main(args=None) -> None:

@@ -104,20 +104,28 @@ class RWKVDataModule(DataConfig, pl.LightningDataModule):
         return getattr(self, "train_rows", None) is not None or getattr(self, "windows", None) is not None
 
     # -- loaders -----------------------------------------------------------------------------
-    def _loader(self, dataset, sampler) -> DataLoader:
-        return DataLoader(
-            dataset, batch_size=self.micro_batch_size, sampler=sampler, drop_last=False,
+    def _loader(self, dataset, sampler, batch_size: int, cls=DataLoader, **kw) -> DataLoader:
+        return cls(
+            dataset, batch_size=batch_size, sampler=sampler, drop_last=False,
             collate_fn=Collate(self.reset_state_per_document), num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0, **kw,
         )
+
+    def samples_per_step(self) -> int:
+        """Samples per optimizer step on this rank: the micro batch times the trainer's accumulation
+        (RWKVTrainer accumulates inside one training step, so one batch = one optimizer step)."""
+        trainer = getattr(self, "trainer", None)
+        return self.micro_batch_size * int(getattr(trainer, "rwkv_accumulate", 1) or 1)
 
     def train_dataloader(self) -> DataLoader:
         if not self._ready():
             self.setup("fit")
         rank, world = self._rank_world()
+        step = self.samples_per_step()
         if self.sampler == "official":
+            # one step's samples play the role of the official micro batch in ii = … + idx·world + rank
             sampler = OfficialSampler(self.resolved_magic_prime, self.ctx_len, rank=rank, world_size=world,
-                                      micro_batch_size=self.micro_batch_size, epoch_begin=self.epoch_begin)
+                                      micro_batch_size=step, epoch_begin=self.epoch_begin)
             dataset = self.windows
         else:
             seed = self.seed if self.sampler_seed is None else self.sampler_seed
@@ -125,12 +133,8 @@ class RWKVDataModule(DataConfig, pl.LightningDataModule):
             sampler = RowSampler(len(self.train_rows), rank=rank, world_size=world,
                                  shuffle=self.shuffle and not self.sort_by_length, seed=seed)
             dataset = self.train_rows
-        pending = getattr(self, "_pending_sampler_state", None)
-        if pending:
-            sampler.load_state_dict(pending)
-            self._pending_sampler_state = None
         self.train_sampler = sampler
-        return self._loader(dataset, sampler)
+        return self._loader(dataset, sampler, step, cls=ResumableDataLoader, position_fn=self._train_position)
 
     def val_dataloader(self) -> DataLoader:
         if not self._ready():
@@ -139,22 +143,33 @@ class RWKVDataModule(DataConfig, pl.LightningDataModule):
         rows = self.test_rows if self.test_rows is not None else []
         # Padding by wrapping repeats a few test rows on some ranks; every rank runs the same steps.
         sampler = RowSampler(len(rows), rank=rank, world_size=world, shuffle=False)
-        return self._loader(rows, sampler)
+        return self._loader(rows, sampler, self.micro_batch_size)
 
-    # -- sampler state (mid-epoch resume) ------------------------------------------------------
+    # -- mid-epoch resume ----------------------------------------------------------------------
+    def _train_position(self) -> dict:
+        """(epoch, samples of this rank already trained on in it), from the trainer's progress counter:
+        the loader's own iterator runs ahead of training (prefetch, workers)."""
+        sampler = self.train_sampler
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return sampler.state_dict()
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": int(sampler.epoch), "skip_samples": int(done) * self.samples_per_step()}
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning checkpoints and restores (its `state_dict`/`load_state_dict`
+    protocol): the state is the sampler's epoch and how many of this rank's samples were trained on."""
+
+    def __init__(self, *args, position_fn, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._position_fn = position_fn
+
     def state_dict(self) -> dict:
-        sampler = getattr(self, "train_sampler", None)
-        return {"sampler": sampler.state_dict()} if sampler is not None else {}
+        return self._position_fn()
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Lightning restores this before the train loader exists; apply when it is built."""
-        state = state_dict.get("sampler")
-        if not state:
-            return
-        if getattr(self, "train_sampler", None) is not None:
-            self.train_sampler.load_state_dict(state)
-        else:
-            self._pending_sampler_state = dict(state)
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
 
 
 def _with_mask(ds):

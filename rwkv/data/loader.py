@@ -56,7 +56,7 @@ class TokenRows(torch.utils.data.Dataset):
             i += len(self)
         c = int(np.searchsorted(starts, i, side="right")) - 1
         j = i - starts[c]
-        out = {}
+        out = {"index": i}
         for name, (off, val) in views[c].items():
             out[name] = val[off[j] : off[j + 1]]
         return out
@@ -79,7 +79,7 @@ class BinidxWindows(torch.utils.data.Dataset):
 
     def __getitem__(self, offset: int) -> dict[str, np.ndarray]:
         ids = np.asarray(self.reader.tokens()[offset : offset + self.ctx_len + 1], dtype=np.int64)
-        return {"input_ids": ids, "loss_mask": np.ones(len(ids), dtype=np.int8)}
+        return {"input_ids": ids, "loss_mask": np.ones(len(ids), dtype=np.int8), "index": offset}
 
 
 class Collate:
@@ -99,6 +99,8 @@ class Collate:
             input_ids[b, :n] = torch.from_numpy(np.asarray(r["input_ids"], dtype=np.int64))
             loss_mask[b, :n] = torch.from_numpy(np.asarray(r["loss_mask"], dtype=np.float32))
         batch = {"input_ids": input_ids, "loss_mask": loss_mask, "lengths": lengths}
+        if B and "index" in rows[0]:  # dataset rows (or binidx offsets): named in error messages
+            batch["index"] = torch.tensor([int(r["index"]) for r in rows], dtype=torch.long)
         if self.reset_per_document and B and "doc_offsets" in rows[0]:
             reset = torch.zeros(B, L, dtype=torch.bool)
             for b, r in enumerate(rows):

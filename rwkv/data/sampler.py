@@ -2,7 +2,7 @@
 
 Both samplers: deterministic per (seed, epoch); the same number of samples on every rank (so every
 rank runs the same number of steps); `set_epoch(epoch)`; an integer `skip_samples` = local samples of
-the current epoch to skip (honoured by `__iter__` and `__len__`, used to resume mid-epoch); and
+the current epoch to skip (honoured by `__iter__`; `__len__` stays the whole epoch), used to resume mid-epoch; and
 `state_dict()` / `load_state_dict()` holding (epoch, skip_samples).
 
 `set_epoch(e)` resets `skip_samples` only when e differs from the current epoch: Lightning calls
@@ -39,7 +39,9 @@ class _EpochState(torch.utils.data.Sampler):
         raise NotImplementedError
 
     def __len__(self) -> int:
-        return max(0, self._local_len() - self.skip_samples)
+        # The whole epoch, also after a resume: Lightning counts the restored batches as done and ends
+        # the epoch when its batch counter reaches len(loader); iteration yields only the rest.
+        return self._local_len()
 
 
 class RowSampler(_EpochState):

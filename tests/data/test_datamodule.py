@@ -78,7 +78,8 @@ def test_batch_contract_packed(tmp_path, corpus):
     dm.setup("fit")
     ds = dm.train_rows
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"input_ids", "loss_mask", "lengths", "reset"}
+    assert set(batch) == {"input_ids", "loss_mask", "lengths", "reset", "index"}
+    assert batch["index"].tolist() == [0, 1, 2]  # dataset rows, in order (shuffle off)
     B = 3
     L = max(len(ds[i]["input_ids"]) for i in range(B))
     assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape == (B, L)
@@ -105,7 +106,7 @@ def test_no_reset_when_off_or_unpacked(tmp_path, corpus):
     assert "reset" not in next(iter(dm.train_dataloader()))
     dm2 = dm_for(tmp_path, corpus[0], data_path=str(tmp_path / "plain"), auto_preload=True)
     dm2.prepare_data()
-    assert set(next(iter(dm2.train_dataloader()))) == {"input_ids", "loss_mask", "lengths"}
+    assert set(next(iter(dm2.train_dataloader()))) == {"input_ids", "loss_mask", "lengths", "index"}
 
 
 def test_per_rank_loaders_have_equal_length_and_cover_all_rows(tmp_path, corpus):
@@ -126,13 +127,24 @@ def test_per_rank_loaders_have_equal_length_and_cover_all_rows(tmp_path, corpus)
     assert set(seen) == all_rows and len(seen) == 30
 
 
-def test_sampler_state_restored_before_loader_exists(tmp_path, corpus):
-    dm = dm_for(tmp_path, corpus[0], auto_preload=True, test_split=0)
+def test_train_loader_is_resumable(tmp_path, corpus):
+    """Lightning saves `loader.state_dict()` with checkpoints and calls `load_state_dict` on resume."""
+    dm = dm_for(tmp_path, corpus[0], auto_preload=True, test_split=0, micro_batch_size=2)
     dm.prepare_data()
-    dm.load_state_dict({"sampler": {"epoch": 4, "skip_samples": 10}})
+    progress = SimpleNamespace(processed=3)
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=1, rwkv_accumulate=2,
+                                 fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(
+                                     batch_progress=SimpleNamespace(current=progress))))
     dl = dm.train_dataloader()
-    assert dm.train_sampler.epoch == 4 and dm.train_sampler.skip_samples == 10 and len(dl) == 20
-    assert dm.state_dict() == {"sampler": {"epoch": 4, "skip_samples": 10}}
+    assert dl.batch_size == 4  # micro batch 2 × accumulation 2: one batch per optimizer step
+    dm.train_sampler.set_epoch(4)
+    full = [r for b in dl for r in b["index"].tolist()]
+    assert dl.state_dict() == {"epoch": 4, "skip_samples": 12}  # 3 steps × 4 samples trained on
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict({"epoch": 4, "skip_samples": 12})
+    resumed.sampler.set_epoch(4)  # Lightning calls this again at the start of the resumed epoch
+    assert len(resumed) == len(dl)  # the whole epoch: Lightning counts the restored batches as done
+    assert [r for b in resumed for r in b["index"].tolist()] == full[12:]
 
 
 def test_val_loader_reads_test_split_and_workers_work(tmp_path, corpus):
