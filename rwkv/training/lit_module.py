@@ -297,8 +297,12 @@ class RWKVLitModule(pl.LightningModule):
         hp = self.hparams
         ds = self._deepspeed
         offload = bool(ds is not None and getattr(ds, "offloads_optimizer", False))
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
         groups = param_groups(self.model, hp.weight_decay, hp.layerwise_lr)
-        return build_optimizer(groups, hp.lr_init, (hp.beta1, hp.beta2), hp.adam_eps, offload=offload)
+        mixed = isinstance(self.trainer.precision_plugin, MixedPrecision)
+        return build_optimizer(groups, hp.lr_init, (hp.beta1, hp.beta2), hp.adam_eps, offload=offload,
+                               fused=not mixed)
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["rwkv"] = {"tokens_seen": self.tokens_seen, "model_config": self.model.cfg.to_dict()}

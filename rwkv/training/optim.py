@@ -30,17 +30,18 @@ def param_groups(model, weight_decay: float, layerwise_lr: bool = False) -> list
             for (scale, wd), ps in sorted(buckets.items())]
 
 
-def build_optimizer(groups, lr: float, betas, eps: float, offload: bool = False):
+def build_optimizer(groups, lr: float, betas, eps: float, offload: bool = False, fused: bool = True):
     """Torch AdamW (decoupled decay, bias correction) by default; DeepSpeedCPUAdam when ZeRO offloads the
-    optimizer (DeepSpeed refuses a client torch optimizer with offload, platform notes)."""
+    optimizer (DeepSpeed refuses a client torch optimizer with offload, platform notes). `fused` picks the
+    single-kernel AdamW (Lightning's mixed-precision plugin refuses to clip gradients for it)."""
     clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
     if offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(clean, lr=lr, betas=betas, eps=eps, adamw_mode=True, bias_correction=True)
-    kw = {}
-    if all(p.device.type in ("cpu", "cuda") for g in clean for p in g["params"]):
-        kw["fused"] = True  # one kernel over all tensors instead of a per-parameter loop
+    kw = {"foreach": True}
+    if fused and all(p.device.type in ("cpu", "cuda") for g in clean for p in g["params"]):
+        kw = {"fused": True}  # one kernel over all tensors instead of a per-parameter loop
     return torch.optim.AdamW(clean, lr=lr, betas=betas, eps=eps, **kw)
 
 

@@ -77,7 +77,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
     import csv
 
     rows = []
-    for path in sorted(Path(run_dir).glob("logs/version_*/metrics.csv")):
+    for path in sorted(Path(run_dir).rglob("metrics.csv"), key=lambda p: p.stat().st_mtime):
         with open(path) as f:
             rows += list(csv.DictReader(f))
     return rows
