@@ -92,8 +92,12 @@ class RWKVCLI(LightningCLI):
 
 
 def main(args=None) -> None:
+    import warnings
+
     from .errors import user_error_types
 
+    # Lightning's own use of a deprecated torch API; nothing a user can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     try:
         RWKVCLI(args=args)
     except user_error_types() as e:

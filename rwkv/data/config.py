@@ -163,8 +163,13 @@ class DataConfig:
         return {k: getattr(self, k) for k in self.keys()}
 
     def cache_config(self) -> dict[str, Any]:
-        """The keys that determine the preload output (everything except LOADER_KEYS)."""
-        return {k: v for k, v in self.to_dict().items() if k not in LOADER_KEYS}
+        """The keys that determine the preload output (everything except LOADER_KEYS). For local
+        builders (json, text, …, binidx) the files are identified by the source fingerprint (resolved
+        path, size, mtime), so how their paths are spelled (relative, absolute) does not matter."""
+        skip = set(LOADER_KEYS)
+        if self.builder() is not None or self.source == "binidx":
+            skip |= {"source_data_files", "source_data_dir"}
+        return {k: v for k, v in self.to_dict().items() if k not in skip}
 
     def resolved_num_proc(self) -> int:
         if self.num_proc:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..ops import wkv6
 from .config import RWKVConfig
-from .v7 import GROUPNORM_EPS, RWKVModel, shifted
+from .v7 import GROUPNORM_EPS, RWKVModel, last_token, shifted
 
 # time_maa_w2 slot order: the LoRA produces the data-dependent mix offsets for w, k, v, r, g (spec §2.1)
 MAA_SLOTS = ("w", "k", "v", "r", "g")
@@ -87,7 +87,7 @@ class TimeMix(nn.Module):
         r, k, v, g, w = self._project(x, shifted(x, x_prev, reset))
         y, S = self._wkv(r, w, k, v, S, reset)
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, C)
-        return self.output(y * g), x[:, -1], S, v_first
+        return self.output(y * g), last_token(x), S, v_first
 
 
 class ChannelMix(nn.Module):
@@ -113,7 +113,7 @@ class ChannelMix(nn.Module):
     def forward(self, x, x_prev, reset=None):
         xk, xr = self._mix(x, shifted(x, x_prev, reset))
         kv = self.value(torch.relu(self.key(xk)).square())
-        return torch.sigmoid(self.receptance(xr)) * kv, x[:, -1]
+        return torch.sigmoid(self.receptance(xr)) * kv, last_token(x)
 
 
 class RWKV6(RWKVModel):

@@ -28,6 +28,11 @@ def shifted(x: torch.Tensor, x_prev: torch.Tensor, reset: torch.Tensor | None) -
     return prev
 
 
+def last_token(x: torch.Tensor) -> torch.Tensor:
+    """The carried x_prev: a copy, not a view, so a stored state never pins the segment's activations."""
+    return x[:, -1].clone()
+
+
 def token_shift(x: torch.Tensor, x_prev: torch.Tensor, reset: torch.Tensor | None) -> torch.Tensor:
     """δ_t = z_{t−1} − z_t (spec §1.3), see `shifted`."""
     return shifted(x, x_prev, reset) - x
@@ -81,7 +86,7 @@ class TimeMix(nn.Module):
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, C)
         bonus = (r.view(shape) * k.view(shape) * self.r_k).sum(-1, keepdim=True) * v.view(shape)
         out = self.output((y + bonus.view(B, T, C)) * g)
-        return out, x[:, -1], S, v_first
+        return out, last_token(x), S, v_first
 
 
 class ChannelMix(nn.Module):
@@ -94,7 +99,7 @@ class ChannelMix(nn.Module):
 
     def forward(self, x, x_prev, reset=None):
         xk = x + token_shift(x, x_prev, reset) * self.x_k
-        return self.value(torch.relu(self.key(xk)).square()), x[:, -1]
+        return self.value(torch.relu(self.key(xk)).square()), last_token(x)
 
 
 class Block(nn.Module):

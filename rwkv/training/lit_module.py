@@ -238,9 +238,10 @@ class RWKVLitModule(pl.LightningModule):
         if self._close_before_final:
             self._close_sync_scope()
         self.tokens_seen += int(step_tokens)
+        self._step_tokens = step_tokens
         loss_sum = sum(r.loss_sum for r in results)
         learned = sum(r.learned for r in results)
-        self._log_step(loss_sum / max(learned, 1.0), step_tokens)
+        self._log_step(loss_sum / max(learned, 1.0))
         if hp.token_budget and self.tokens_seen >= hp.token_budget:
             self.trainer.should_stop = True
         return results[-1].deferred
@@ -267,13 +268,17 @@ class RWKVLitModule(pl.LightningModule):
         # DeepSpeed needs a backward every step: a zero-valued one (the step then sees zero gradients)
         return sum((p * 0).sum() for p in self.model.parameters() if p.requires_grad)
 
-    def _log_step(self, loss: float, step_tokens: float):
-        dt = time.perf_counter() - self._step_t0 if self._step_t0 else float("nan")
+    def _log_step(self, loss: float):
         self.log("train/loss", loss, prog_bar=True, on_step=True, rank_zero_only=True)
         self.log("lr", self._lr, prog_bar=True, on_step=True, rank_zero_only=True)
-        self.log("train/tok_s", step_tokens / dt if dt > 0 else 0.0, prog_bar=True, on_step=True,
-                 rank_zero_only=True)
         self.log("train/tokens", float(self.tokens_seen), on_step=True, rank_zero_only=True)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        """Throughput of the whole step (forward, every backward, optimizer), all ranks' tokens."""
+        if self._step_t0 is not None and getattr(self, "_step_tokens", None):
+            dt = time.perf_counter() - self._step_t0
+            self.log("train/tok_s", self._step_tokens / dt, prog_bar=True, on_step=True, rank_zero_only=True)
+            self._step_tokens = None
 
     # ---- validation --------------------------------------------------------------------------------
     def on_validation_epoch_start(self):

@@ -1,0 +1,65 @@
+"""`python -m rwkv.quickstart` (= `make quickstart`): the whole user path on embedded data, on CPU.
+
+1. generate seeded arithmetic dialogues (rwkv/quickstart/arithmetic.py) into data/quickstart/;
+2. `preload_datapath.py configs/quickstart.yaml` (tokenize, pack, cache);
+3. `lightning_trainer.py fit -c configs/quickstart.yaml` (a small x070, at most --minutes of training);
+4. `export_checkpoint.py` -> out/quickstart/model.pth;
+5. exact-match on held-out problems; the last line printed is `arithmetic exact-match: X.XX (n=N)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .arithmetic import make_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def step(title: str, cmd: list[str]) -> None:
+    print(f"\n== {title}: {' '.join(cmd)}", flush=True)
+    t = time.perf_counter()
+    subprocess.run([sys.executable, *cmd], cwd=ROOT, check=True)
+    print(f"== {title} done in {time.perf_counter() - t:.0f} s", flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rwkv.quickstart", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/quickstart.yaml")
+    p.add_argument("--max_operand", type=int, default=99, help="99: two-digit problems; 999: three-digit")
+    p.add_argument("--minutes", type=float, default=10.0, help="training time budget (trainer.max_time)")
+    p.add_argument("--max_steps", type=int, default=None, help="override trainer.max_steps (schedule length)")
+    p.add_argument("--out", default="out/quickstart")
+    p.add_argument("--n_eval", type=int, default=500)
+    args, extra = p.parse_known_args(argv)
+    data_dir = ROOT / "data" / f"quickstart-{args.max_operand}"
+    out = ROOT / args.out
+    counts = make_dataset(data_dir, max_operand=args.max_operand, n_eval=args.n_eval)
+    print(f"generated {counts['train']} training dialogues and {counts['eval']} held-out problems in {data_dir}")
+    overrides = [f"--data.source_data_files={data_dir / 'train.jsonl'}", f"--data.data_path={data_dir / 'tokens'}",
+                 f"--trainer.default_root_dir={out}", *extra]
+    step("preload", ["preload_datapath.py", args.config, *[o for o in overrides if o.startswith("--data.")]])
+    minutes = int(args.minutes)
+    seconds = round((args.minutes - minutes) * 60)
+    fit = ["lightning_trainer.py", "fit", "-c", args.config, *overrides,
+           f"--trainer.max_time=00:00:{minutes:02d}:{seconds:02d}"]
+    if args.max_steps:
+        fit.append(f"--trainer.max_steps={args.max_steps}")
+    step("fit", fit)
+    step("export", ["export_checkpoint.py", str(out / "checkpoints" / "last.ckpt"), str(out / "model.pth")])
+    from .evaluate import exact_match
+
+    acc, n, examples = exact_match(out / "model.pth", data_dir / "eval.jsonl")
+    for prompt, want, got in examples[:5]:
+        print(f"  {prompt.splitlines()[0]!r:34} expected {want:>5}  got {got!r}")
+    print(f"arithmetic exact-match: {acc:.2f} (n={n})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
