@@ -79,3 +79,21 @@ def make_dataset(out_dir: Path, max_operand: int = 99, n_train: int = 60000, n_e
         for p in held:
             f.write(json.dumps({"prompt": f"User: What is {p['q']}?\n\nAssistant:", "answer": str(p["c"])}) + "\n")
     return {"train": n_train, "eval": len(held)}
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m rwkv.quickstart.arithmetic", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir", type=Path, help="writes train.jsonl (chat messages) and eval.jsonl here")
+    p.add_argument("--max_operand", type=int, default=99)
+    p.add_argument("--n_train", type=int, default=60000)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    counts = make_dataset(args.out_dir, args.max_operand, args.n_train, seed=args.seed)
+    print(f"wrote {counts['train']} dialogues and {counts['eval']} held-out problems to {args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()

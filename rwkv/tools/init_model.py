@@ -11,14 +11,14 @@ import torch
 from ..model import RWKVConfig, build_model, save_pth
 from ..model.config import VERSIONS
 
-# Padded model vocab per named tokenizer (model-spec §5): world 65536; GPT-NeoX 20B 50277 tokens padded
-# to 50304 as in the official RWKV-7 Pile demo.
-NAMED_VOCABS = {"world": 65536, "neox": 50304}
+NAMED_VOCABS = ("world", "neox", "bytes")  # the tokenizers' padded model vocabs (rwkv.data.tokenizers)
 
 
 def parse_vocab(text: str) -> int:
     if text in NAMED_VOCABS:
-        return NAMED_VOCABS[text]
+        from ..data.tokenizers import tokenizer_vocab_size
+
+        return tokenizer_vocab_size(text)
     try:
         n = int(text)
     except ValueError:
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="init_model.py", description=__doc__)
     p.add_argument("--n_layer", type=int, required=True)
     p.add_argument("--n_embd", type=int, required=True)
-    p.add_argument("--vocab_size", type=parse_vocab, default="world", help="world | neox | an integer")
+    p.add_argument("--vocab_size", type=parse_vocab, default="world", help="world | neox | bytes | an integer")
     p.add_argument("--version", choices=VERSIONS, default="x070")
     p.add_argument("--head_size", type=int, default=64)
     p.add_argument("--dim_ffn", type=int, default=None, help="default: 4C (x070), 3.5C rounded to 32 (x060/x052)")
