@@ -29,12 +29,12 @@ def _deepspeed_state_dict(path: Path) -> dict:
                           "(partial checkpoint). Use an older checkpoint.")
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    quiet = io.StringIO()  # zero_to_fp32 prints per-parameter progress
+    quiet = io.StringIO()  # zero_to_fp32 prints per-parameter progress, and tqdm bars on stderr
     try:
-        with contextlib.redirect_stdout(quiet):
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
             logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
             sd = get_fp32_state_dict_from_zero_checkpoint(str(path))
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - torn shards raise EOFError, UnpicklingError, …: name the dir
         raise ExportError(f"{path}: incomplete or unreadable DeepSpeed checkpoint ({type(e).__name__}: {e}). "
                           "Are all ranks' shard files present?") from e
     return dict(sd)

@@ -1,8 +1,15 @@
 """RWKV models as plain PyTorch modules (DESIGN.md §3 "Model"): config, build, init, state, .pth io."""
 
 from .config import RWKVConfig
-from .io import (CheckpointMismatch, check_state_dict, from_pth, infer_config, load_state_dict,
-                 official_order, save_pth)
+from .io import (
+                 CheckpointMismatch,
+                 check_state_dict,
+                 from_pth,
+                 infer_config,
+                 load_state_dict,
+                 official_order,
+                 save_pth,
+)
 from .registry import build_model, init_weights, model_class
 from .state import detach_state, from_pip_state, to_pip_state, zero_state
 

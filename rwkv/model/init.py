@@ -48,7 +48,7 @@ def init_common(model) -> None:
     V, C = model.emb.weight.shape
     nn.init.uniform_(model.emb.weight, -1e-4, 1e-4)
     orthogonal_(model.head.weight, 0.5 * math.sqrt(V / C) if V > C else 0.5)
-    for name, mod in model.named_modules():
+    for mod in model.modules():
         if isinstance(mod, nn.LayerNorm):
             nn.init.ones_(mod.weight)
             nn.init.zeros_(mod.bias)

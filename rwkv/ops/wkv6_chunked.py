@@ -31,15 +31,18 @@ from .common import compute_dtype, pad_time, zero_state
 from .wkv6_reference import check_v56_params
 from .wkv7_chunked import blockwise_scan, document_masks, from_chunks, to_chunks
 
-# Chunk length: the A-matrices cost c·N per token and the state terms N² per token, so c trades
-# matmul size against the sequential loop; 32 measured fastest at the benchmark shapes
-# (docs/benchmarks.md, "WKV kernels") and keeps the factorised path for |λ| ≤ 1.25 (fp32).
+# Chunk length: the A-matrices cost c·N per token, the state terms N² per token. Measured (fp32
+# forward+backward, B=4, T=4096, H=12, N=64; docs/benchmarks.md "WKV kernels"), c = 16/32/64:
+# init-range decays 1.00/0.84/0.80 s, two fast channels per head 1.34/1.37/1.57 s. 32 is within 5%
+# of the best in both and keeps the factorised form for a mean |λ| up to 1.25 per token (fp32), twice
+# the range of c = 64, which matters for trained models.
 DEFAULT_CHUNK = 32
 
 # Largest per-chunk decay span (−G_c, in e-folds) that the factorised form may use, per compute
 # dtype. Discarded upper-triangle products reach e^{span}·Σ_n|r k| and the factors' gradients
 # e^{span}·|dA|·|k|: e^{40} ≈ 2e17 leaves fp32 (max e^{88.7}) ~20 orders of magnitude for the data
-# and loss scales; e^{400} leaves fp64 (max e^{709}) ~130. Spec §3.6.
+# and loss scales; e^{400} leaves fp64 (max e^{709}) ~130. Spec §3.6. Precision does not depend on
+# it beyond fp32 rounding of the exponent (≤ 40·6e-8 ≈ 2.4e-6 relative per factor).
 FACTOR_SPAN = {torch.float32: 40.0, torch.float64: 400.0}
 
 # λ below this decays a state to exactly 0 in one step in fp64 and fp32 (e^{−1000} underflows), so

@@ -20,9 +20,10 @@ chunks, forward without an autograd graph, keeping only each block's start state
 one block at a time with autograd and walks the blocks in reverse, carrying dS. Why: on the 2-core CPU
 (docs/benchmarks.md, "WKV kernels") the whole-sequence graph at B=4, T=4096 allocated dozens of
 50 MB temporaries, and every fresh allocation above glibc's 32 MB mmap threshold page-faults anew
-(~1.5 M minor faults, ~2 s of system time per call); blocks of ~4 MB are reused from the heap and stay
-in cache, which more than pays for the second forward. Gradients are autograd's, so exactness is
-unchanged; double backward is not supported.
+(1.2–1.5 M minor faults, 2–2.7 s of system time per call); blocks of ~4 MB are reused from the heap
+and stay in cache: 1.4 s instead of 2.6–3.4 s per call, the second forward included. Gradients are
+autograd's, so exactness is unchanged; double backward is not supported. A sequence that fits in one
+block runs with plain autograd.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .common import compute_dtype, pad_time, zero_state
 
@@ -39,6 +39,10 @@ from .common import compute_dtype, pad_time, zero_state
 # above the clamp and refuse values that could overflow instead of returning NaN.
 MAX_ABS_LOG_DECAY = 1.0
 
+# Chunk length (spec §3.4 recommends 32 or 64). Measured c = 16/32/64, fp32 forward+backward, H=12,
+# N=64, T=4096 (docs/benchmarks.md, "WKV kernels"): B=4 1.49/1.26/1.27 s, B=1 0.42/0.35/0.33 s (an
+# earlier run: 1.60/1.42/1.48 and 0.45/0.39/0.39). 32 and 64 tie within the machine's noise; 16 is
+# ~15% slower. 32 keeps half the factorised exponent range and half the fp32 error (9.7e-7 vs 1.9e-6).
 DEFAULT_CHUNK = 32
 
 # Elements (B·H·block_len·N) per block of `blockwise_scan` on CPU: ~4 MB of fp32 per [B,H,block,N]
@@ -148,32 +152,6 @@ def from_chunks(Y: torch.Tensor) -> torch.Tensor:
     return Y.permute(0, 2, 3, 1, 4).reshape(B, NC * c, H, N)
 
 
-def unit_lower_inverse(M):
-    """(I − M)⁻¹ for strictly lower-triangular M [..., c, c] by recursive doubling on diagonal blocks:
-    [[L₁₁, 0], [L₂₁, L₂₂]]⁻¹ = [[X₁, 0], [X₂ M₂₁ X₁, X₂]] with X_i = L_ii⁻¹ and L₂₁ = −M₂₁; only batched
-    matmuls of growing size (a batched LAPACK trsm loops over the tiny matrices one by one on CPU)."""
-    c = M.shape[-1]
-    n = 1 << (c - 1).bit_length()  # pad to a power of two: blockdiag(L, I)⁻¹ = blockdiag(L⁻¹, I)
-    if n != c:
-        M = F.pad(M, (0, n - c, 0, n - c))
-    lead = M.shape[:-2]
-    X = torch.ones(*lead, n, 1, 1, dtype=M.dtype, device=M.device)  # inverses of the 1×1 diagonal blocks
-    b = 1
-    while b < n:
-        k = n // (2 * b)  # number of 2b×2b diagonal blocks
-        blocks = M.reshape(*lead, k, 2 * b, k, 2 * b).diagonal(dim1=-4, dim2=-2)  # [..., 2b, 2b, k]
-        M21 = blocks[..., b:, :b, :].movedim(-1, -3)  # [..., k, b, b]
-        Xp = X.reshape(*lead, k, 2, b, b)
-        X1, X2 = Xp[..., 0, :, :], Xp[..., 1, :, :]
-        X21 = X2 @ M21 @ X1
-        top = torch.cat([X1, torch.zeros_like(X1)], dim=-1)
-        bottom = torch.cat([X21, X2], dim=-1)
-        X = torch.cat([top, bottom], dim=-2)  # [..., k, 2b, 2b]
-        b *= 2
-    X = X.reshape(*lead, n, n)
-    return X[..., :c, :c] if n != c else X
-
-
 def _wkv7_block(seq, static, S, reset, c):
     """Spec §3.4 on one block of whole chunks; see the module docstring for the formulas."""
     r, w, k, v, a, b = (to_chunks(x, c) for x in seq)
@@ -214,8 +192,10 @@ def _wkv7_block(seq, static, S, reset, c):
     M_rb = (r_in @ b_out.transpose(-1, -2)) * incl
     M_rk = (r_in @ k_out.transpose(-1, -2)) * incl
 
-    # U = W_a S₀ᵀ + U_0 with [W_a | U_0] = (I − M^{ab})⁻¹ [Â | M^{ak} V] (spec §3.4's triangular solve)
-    W_a, U_0 = (unit_lower_inverse(M_ab) @ torch.cat([A_hat, M_ak @ v], dim=-1)).split(N, dim=-1)
+    # U = W_a S₀ᵀ + U_0 with [W_a | U_0] = (I − M^{ab})⁻¹ [Â | M^{ak} V]: one unit-lower-triangular solve
+    L = torch.eye(c, dtype=dt, device=r.device) - M_ab
+    rhs = torch.cat([A_hat, M_ak @ v], dim=-1)
+    W_a, U_0 = torch.linalg.solve_triangular(L, rhs, upper=False, unitriangular=True).split(N, dim=-1)
     P = v.transpose(-1, -2) @ K_end  # [B,H,NC,N,N]: Vᵀ(K ⊙ e^{G_c − G}), independent of S₀
 
     starts, Us = [], []

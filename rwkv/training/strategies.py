@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-
 from pathlib import Path
 
 from lightning.pytorch.accelerators import CPUAccelerator

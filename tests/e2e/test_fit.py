@@ -1,8 +1,6 @@
 """`lightning_trainer.py` through the real script on a tiny CPU config (issue 4 items 1, 7, 8)."""
 
-import csv
 import math
-import subprocess
 
 import pytest
 import torch

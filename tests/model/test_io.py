@@ -3,8 +3,15 @@
 import pytest
 import torch
 
-from rwkv.model import (CheckpointMismatch, RWKVConfig, build_model, from_pth, infer_config, load_state_dict,
-                        save_pth)
+from rwkv.model import (
+    CheckpointMismatch,
+    RWKVConfig,
+    build_model,
+    from_pth,
+    infer_config,
+    load_state_dict,
+    save_pth,
+)
 from tests.support.models import random_model
 
 
