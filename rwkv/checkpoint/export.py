@@ -66,7 +66,8 @@ def export_checkpoint(ckpt, out, dtype: str = "bf16") -> dict:
     """Write `out` (.pth) from `ckpt`; returns the exported tensors."""
     sd = read_training_checkpoint(ckpt)
     try:
-        ordered = official_order(sd)
+        ordered = official_order(sd, source=str(ckpt), hint="The checkpoint is incomplete or was not written "
+                                 "by this trainer; export an older or complete checkpoint.")
     except (CheckpointMismatch, ValueError, KeyError) as e:
         raise ExportError(f"{ckpt}: does not hold an RWKV model ({e})") from e
     return save_pth(ordered, out, dtype=dtype)

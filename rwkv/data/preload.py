@@ -165,9 +165,12 @@ class _Progress:
         now = time.perf_counter()
         if final or now - self.last >= 5:
             self.last = now
-            rate = self.tokens / max(now - self.t0, 1e-9)
+            elapsed = max(now - self.t0, 1e-9)
+            rate = self.tokens / elapsed
+            left = "" if final or not self.rows else \
+                f", ETA {elapsed * (self.total - self.rows) / self.rows:.0f} s"  # by records done so far
             self.progress(f"{self.what}: {self.rows:,}/{self.total:,} records, {self.tokens:,} tokens, "
-                          f"{rate / 1e6:.2f}M tokens/s")
+                          f"{rate / 1e6:.2f}M tokens/s{left}")
 
 
 def _tokenize(ds, formatter, writer, row0: int, workers: _Workers, progress, cfg) -> tuple[list, list]:

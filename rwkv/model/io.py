@@ -118,8 +118,12 @@ def expected_shapes(cfg: RWKVConfig) -> dict:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def check_state_dict(sd: dict, cfg: RWKVConfig, source: str = "state dict") -> None:
-    """One error listing missing, unexpected and mis-shaped keys (the commonest user error)."""
+LOAD_HINT = "Remove the size keys from the config to take them from the file, or load the right file."
+
+
+def check_state_dict(sd: dict, cfg: RWKVConfig, source: str = "state dict", hint: str = LOAD_HINT) -> None:
+    """One error listing missing, unexpected and mis-shaped keys (the commonest user error); `hint` says
+    what to do in the caller's situation."""
     want = expected_shapes(cfg)
     missing = [k for k in want if k not in sd]
     unexpected = [k for k in sd if k not in want]
@@ -135,7 +139,7 @@ def check_state_dict(sd: dict, cfg: RWKVConfig, source: str = "state dict") -> N
             f"{source} does not match the requested model {cfg.version} L{cfg.n_layer} D{cfg.n_embd} "
             f"V{cfg.vocab_size} head_size {cfg.head_size}:" + fmt("missing", missing)
             + fmt("unexpected", unexpected) + fmt("mis-shaped", misshaped)
-            + "\nRemove the size keys from the config to take them from the file, or load the right file.")
+            + "\n" + hint)
 
 
 def from_pth(path, config: RWKVConfig | None = None, dtype=None, grad_cp: bool = False):
@@ -153,11 +157,12 @@ def from_pth(path, config: RWKVConfig | None = None, dtype=None, grad_cp: bool =
     return model
 
 
-def official_order(sd: dict, cfg: RWKVConfig | None = None) -> dict:
+def official_order(sd: dict, cfg: RWKVConfig | None = None, source: str = "state dict",
+                   hint: str = LOAD_HINT) -> dict:
     """The same tensors, keyed and ordered as the official file (spec §1.2 / §4.1)."""
     sd = strip_prefixes(sd)
     cfg = cfg or infer_config(sd)
-    check_state_dict(sd, cfg)
+    check_state_dict(sd, cfg, source=source, hint=hint)
     return {k: sd[k] for k in expected_shapes(cfg)}
 
 

@@ -41,18 +41,25 @@ class _HeadCE(torch.autograd.Function):
             logits = (h @ w_mm.T).to(acc)
             wt = weights[s:s + step].to(acc)
             tg = targets[s:s + step]
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (wt * (lse - logits.gather(1, tg[:, None]).squeeze(1))).sum()
+            # log-sum-exp by hand, in place: one max pass, one exp pass reused for the gradient
+            # (torch.logsumexp allocates a second [block, V] buffer and exponentiates again)
+            mx, arg = logits.max(dim=-1)
+            tgt = logits.gather(1, tg[:, None]).squeeze(1)
+            g = logits.sub_(mx[:, None]).exp_()
+            se = g.sum(dim=-1)
+            total += (wt * (mx + se.log() - tgt)).sum()
             if not need_grad:
                 continue
             # d(Σ w·CE)/dlogits = w·(softmax − onehot); L2Wrap adds l2_scale·w·max at the arg-max (§1.5)
-            mx, arg = logits.max(dim=-1)
-            g = logits.sub_(lse[:, None]).exp_().mul_(wt[:, None])
+            g.mul_((wt / se)[:, None])
             g.scatter_add_(1, tg[:, None], -wt[:, None])
             g.scatter_add_(1, arg[:, None], (l2_scale * wt * mx)[:, None])
             g = g.to(compute_dtype)
             grad_h[s:s + step] = (g @ w_mm).to(hidden.dtype)
-            grad_w += (g.T @ h).to(grad_w.dtype)
+            if grad_w.dtype == g.dtype:
+                grad_w.addmm_(g.T, h)  # accumulate in place: no [V, C] temporary per block
+            else:
+                grad_w += (g.T @ h).to(grad_w.dtype)
         if need_grad:
             ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
         return total
