@@ -27,10 +27,12 @@ def child(args) -> None:
     import torch
 
     from rwkv.model import RWKVConfig, build_model
+    from rwkv.training.cpu_alloc import tune_cpu_allocator
     from rwkv.training.loss import head_ce_l2wrap
     from rwkv.training.optim import build_optimizer, param_groups
     from rwkv.training.segments import run_sample
 
+    tune_cpu_allocator()  # as lightning_trainer.py does
     torch.manual_seed(0)
     cfg = RWKVConfig(n_layer=args.n_layer, n_embd=args.n_embd, head_size=args.head_size, vocab_size=args.vocab)
     model = build_model(cfg, init=True)

@@ -95,6 +95,9 @@ def main(args=None) -> None:
     import warnings
 
     from .errors import user_error_types
+    from .training.cpu_alloc import tune_cpu_allocator
+
+    tune_cpu_allocator()  # page reuse between steps on CPU (rwkv/training/cpu_alloc.py)
 
     # Lightning's own use of a deprecated torch API; nothing a user can act on
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..ops import wkv6
 from .config import RWKVConfig
-from .v7 import GROUPNORM_EPS, RWKVModel, last_token, shifted
+from .v7 import GROUPNORM_EPS, RWKVModel, last_token, relu_square, shifted
 
 # time_maa_w2 slot order: the LoRA produces the data-dependent mix offsets for w, k, v, r, g (spec §2.1)
 MAA_SLOTS = ("w", "k", "v", "r", "g")
@@ -112,7 +112,7 @@ class ChannelMix(nn.Module):
 
     def forward(self, x, x_prev, reset=None):
         xk, xr = self._mix(x, shifted(x, x_prev, reset))
-        kv = self.value(torch.relu(self.key(xk)).square())
+        kv = self.value(relu_square(self.key(xk)))
         return torch.sigmoid(self.receptance(xr)) * kv, last_token(x)
 
 

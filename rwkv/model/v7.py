@@ -38,6 +38,28 @@ def token_shift(x: torch.Tensor, x_prev: torch.Tensor, reset: torch.Tensor | Non
     return shifted(x, x_prev, reset) - x
 
 
+class _ReluSquare(torch.autograd.Function):
+    """relu(x)² with one saved tensor and one fused backward, d/dx = 2·relu(x). Autograd's composition
+    allocates four [B, T, dim_ffn] temporaries in backward (square's and relu's gradients, a scaled copy);
+    this is one (docs/benchmarks.md "Training step")."""
+
+    @staticmethod
+    def forward(ctx, x):
+        r = torch.relu(x)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, g):
+        (r,) = ctx.saved_tensors
+        return r.mul(2).mul_(g)
+
+
+def relu_square(x: torch.Tensor) -> torch.Tensor:
+    """The channel-mix activation relu(x)² (spec §1.3, §2.1)."""
+    return _ReluSquare.apply(x)
+
+
 class TimeMix(nn.Module):
     def __init__(self, cfg: RWKVConfig, layer_id: int):
         super().__init__()
@@ -99,7 +121,7 @@ class ChannelMix(nn.Module):
 
     def forward(self, x, x_prev, reset=None):
         xk = x + token_shift(x, x_prev, reset) * self.x_k
-        return self.value(torch.relu(self.key(xk)).square()), last_token(x)
+        return self.value(relu_square(self.key(xk))), last_token(x)
 
 
 class Block(nn.Module):
