@@ -32,7 +32,8 @@ def child(args) -> None:
     from rwkv.training.optim import build_optimizer, param_groups
     from rwkv.training.segments import run_sample
 
-    tune_cpu_allocator()  # as lightning_trainer.py does
+    if not args.default_malloc:
+        tune_cpu_allocator()  # as lightning_trainer.py does
     torch.manual_seed(0)
     cfg = RWKVConfig(n_layer=args.n_layer, n_embd=args.n_embd, head_size=args.head_size, vocab_size=args.vocab)
     model = build_model(cfg, init=True)
@@ -57,7 +58,7 @@ def child(args) -> None:
 def measure(args, tokens: int, bptt: str) -> dict:
     cmd = [sys.executable, __file__, "--child", "--tokens", str(tokens), "--bptt", bptt, "--ctx", str(args.ctx),
            "--n_layer", str(args.n_layer), "--n_embd", str(args.n_embd), "--head_size", str(args.head_size),
-           "--vocab", str(args.vocab)]
+           "--vocab", str(args.vocab)] + (["--default-malloc"] if args.default_malloc else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -74,6 +75,7 @@ def main() -> None:
     p.add_argument("--n_embd", type=int, default=64)
     p.add_argument("--head_size", type=int, default=16)
     p.add_argument("--vocab", type=int, default=320)
+    p.add_argument("--default-malloc", action="store_true", help="keep glibc's allocator defaults (cpu_alloc.py)")
     args = p.parse_args()
     if args.child:
         return child(args)

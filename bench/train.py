@@ -13,6 +13,7 @@ measured in the same run with the same thread count. Best of N steps after a war
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -89,10 +90,12 @@ def main() -> None:
         # conservative: the fastest matmul seen anywhere in the run against the fastest step
         peak_used = max(peak, *r["peaks"])
         mfu = 6 * r["params_no_emb"] * r["tok_s"] / peak_used
+        med = statistics.median(r["times"])
         print(f"L{args.n_layer}-D{args.n_embd} ctx {args.ctx} B{args.batch} vocab {v}: "
               f"{r['params_no_emb'] / 1e6:.1f}M params (no emb), best step {r['best_s']:.2f} s "
               f"({', '.join(f'{t:.2f}' for t in r['times'])}), {r['tok_s']:.0f} tok/s, "
-              f"MFU {100 * mfu:.1f}% (matmul {peak_used / 1e9:.1f} GFLOP/s)")
+              f"MFU {100 * mfu:.1f}% (median step {med:.2f} s: {100 * mfu * r['best_s'] / med:.1f}%) "
+              f"(matmul {peak_used / 1e9:.1f} GFLOP/s)")
 
 
 if __name__ == "__main__":

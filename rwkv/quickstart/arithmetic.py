@@ -1,10 +1,17 @@
 """Seeded arithmetic dialogues for the quickstart, in the spirit of RWKV-7-Arithmetic-0.1B (pretrained on
-mixed-format add/sub dialogues): several phrasings, multi-turn chats, negative results.
+mixed-format add/sub dialogues): several phrasings, multi-turn chats (independent questions and follow-ups
+on the previous answer), negative results and operands.
 
 Problems are (a, op, b) with operands in [0, max_operand] and op in {+, -}. A fixed, seeded share of the
-problems is held out: no training document contains a held-out problem in any phrasing, so the
-evaluation measures arithmetic, not recall. Evaluation asks in one canonical phrasing:
-    "User: What is {a}{op}{b}?\\n\\nAssistant:"  ->  " {answer}"
+problems is held out: no training document contains a held-out problem in any phrasing (follow-ups
+included), so the evaluation measures arithmetic, not recall. Evaluation asks in one phrasing:
+    "Q: {a}{op}{b}=\n\nA:"  ->  " {answer}"
+
+The chat labels are `Q`/`A` (data.conversation_role_map in configs/quickstart.yaml), not the long
+"User:"/"Assistant:" of World models: the masked "\n\nAssistant: " puts 13 tokens between the question
+and the first answer digit, across which a tiny model must carry its result, and it doubles the tokens per
+problem. Measured with the same model, batch and 4.5 minutes of training: 0.53 exact-match with Q/A, 0.01
+with User/Assistant (docs/benchmarks.md "Quickstart").
 """
 
 from __future__ import annotations
@@ -14,17 +21,18 @@ import random
 from pathlib import Path
 
 QUESTIONS = [  # (user text, assistant text); {q} = "a+b" / "a-b", {w} = "a plus b" / "a minus b"
-    ("What is {q}?", "{c}"),
     ("{q}=", "{c}"),
-    ("Compute {q}.", "{q}={c}"),
+    ("What is {q}?", "{c}"),
+    ("{a} {o} {b} =", "{c}"),
     ("What is {w}?", "{c}"),
-    ("Calculate {w}.", "The answer is {c}."),
-    ("{a} {o} {b} = ?", "{a} {o} {b} = {c}"),
+    ("Compute {q}.", "{q}={c}"),
 ]
-FOLLOW_UPS = [  # continue from the previous answer: "and then {o} {b}?"
-    ("And {o} {b}?", "{c}"),
-    ("Now {w2} {b}.", "{c}"),
+FOLLOW_UPS = [  # continue from the previous answer ({a} = that answer)
+    ("And {o}{b}?", "{c}"),
+    ("Then {w2} {b}.", "{c}"),
 ]
+TURNS = (1, 4)  # questions per dialogue
+FOLLOW_UP_SHARE = 0.25  # of the turns after the first, when the previous answer is a valid operand
 
 
 def render(a: int, op: str, b: int) -> dict:
@@ -36,6 +44,10 @@ def render(a: int, op: str, b: int) -> dict:
 def is_held_out(a: int, op: str, b: int, seed: int, share: float) -> bool:
     """A deterministic, seeded coin per problem (independent of generation order)."""
     return random.Random(f"{seed}:{a}{op}{b}").random() < share
+
+
+def eval_prompt(q: str) -> str:
+    return f"Q: {q}=\n\nA:"
 
 
 def make_dataset(out_dir: Path, max_operand: int = 99, n_train: int = 60000, n_eval: int = 500, seed: int = 0,
@@ -52,21 +64,19 @@ def make_dataset(out_dir: Path, max_operand: int = 99, n_train: int = 60000, n_e
 
     with open(out_dir / "train.jsonl", "w") as f:
         for _ in range(n_train):
-            a, op, b = problem()
-            user, bot = rng.choice(QUESTIONS)
-            p = render(a, op, b)
-            messages = [{"role": "user", "content": user.format(**p)},
-                        {"role": "assistant", "content": bot.format(**p)}]
-            value = p["c"]
-            for _ in range(rng.choice([0, 0, 1, 2])):  # multi-turn: chain on the previous result
+            messages, value = [], None
+            for _ in range(rng.randint(*TURNS)):
                 op2, b2 = rng.choice("+-"), rng.randint(0, max_operand)
-                if abs(value) > max_operand or is_held_out(value, op2, b2, seed, held_out_share):
-                    break
-                p2 = render(value, op2, b2)
-                u2, r2 = rng.choice(FOLLOW_UPS)
-                messages += [{"role": "user", "content": u2.format(**p2)},
-                             {"role": "assistant", "content": r2.format(**p2)}]
-                value = p2["c"]
+                if (value is not None and abs(value) <= max_operand and rng.random() < FOLLOW_UP_SHARE
+                        and not is_held_out(value, op2, b2, seed, held_out_share)):
+                    p = render(value, op2, b2)  # negative operands come from here
+                    user, bot = rng.choice(FOLLOW_UPS)
+                else:
+                    p = render(*problem())
+                    user, bot = rng.choice(QUESTIONS)
+                messages += [{"role": "user", "content": user.format(**p)},
+                             {"role": "assistant", "content": bot.format(**p)}]
+                value = p["c"]
             f.write(json.dumps({"messages": messages}) + "\n")
     seen, held = set(), []
     eval_rng = random.Random(seed + 1)
@@ -77,7 +87,7 @@ def make_dataset(out_dir: Path, max_operand: int = 99, n_train: int = 60000, n_e
             held.append(render(a, op, b))
     with open(out_dir / "eval.jsonl", "w") as f:
         for p in held:
-            f.write(json.dumps({"prompt": f"User: What is {p['q']}?\n\nAssistant:", "answer": str(p["c"])}) + "\n")
+            f.write(json.dumps({"prompt": eval_prompt(p["q"]), "answer": str(p["c"])}) + "\n")
     return {"train": n_train, "eval": len(held)}
 
 

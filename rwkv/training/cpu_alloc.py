@@ -1,12 +1,13 @@
 """glibc malloc settings for training on CPU (called by the entry points, never at import).
 
 Why: by default glibc serves every allocation above a dynamic threshold (128 KiB, growing to at most
-32 MiB) with a fresh mmap and returns it on free, so each step's [B, T, C]-sized activations and
-gradients are page-faulted in anew. On our 2-core VMs that made a ReLU² forward+backward on a 16 MB
-tensor 24 ms instead of 6 ms, and a training step of L6-D512 (vocab 65536) 7.7 s instead of 6.3 s
-(docs/benchmarks.md "Training step"). Pinning the mmap threshold at its maximum and keeping freed memory
-in the heap lets the allocator reuse the same pages step after step; peak memory is unchanged (the same
-tensors are alive at the peak), only memory that would have been returned between steps stays mapped.
+32 MiB) with a fresh mmap and returns it on free, so a step's [B, T, C]-sized activations and gradients
+are page-faulted in anew. On our 2-core VMs a ReLU² forward+backward on a 16 MB tensor took 24 ms with
+the defaults and 6 ms with these settings; a whole L6-D512 training step (vocab 65536, after the other
+optimisations) gains 5-8% in median step time and nothing at vocab 1024 (docs/benchmarks.md "Training
+step"). Pinning the mmap threshold at its maximum and keeping freed memory in the heap lets the allocator
+reuse the same pages step after step; peak memory is unchanged (the same tensors are alive at the peak),
+only memory that would have been returned between steps stays mapped.
 """
 
 from __future__ import annotations

@@ -27,5 +27,5 @@ def test_notebook_executes(tmp_path):
     params.source = f'WORK = "{tmp_path}"\nSTEPS = 4'
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "train loss: step 0" in outputs and "User: What is 12+34?" in outputs
+    assert "train loss: step 0" in outputs and "Q: 12+34=" in outputs
     assert (tmp_path / "model.pth").is_file() and (tmp_path / "loss.png").is_file()

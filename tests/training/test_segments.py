@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rwkv.training.loss import head_ce_l2wrap
-from rwkv.training.segments import bptt_groups, run_sample, segment_bounds
+from rwkv.training.segments import StartStates, bptt_groups, run_sample, segment_bounds
 from tests.support.models import random_model
 
 
@@ -132,3 +132,26 @@ def test_segment_bounds_and_groups():
         assert sum(2 * len(g) - 1 for g in groups) == 5 + 2
     with pytest.raises(ValueError, match="model.bptt"):
         bptt_groups(4, "exact")
+
+
+def test_start_states_store_copies_and_keep_dtypes():
+    """Full mode keeps its boundary states in preallocated buffers (heap fragmentation, segments.py):
+    what is read back equals what was stored, in the stored dtypes, and later writes to the originals'
+    storage cannot reach it (the store copies)."""
+    g = torch.Generator().manual_seed(0)
+    states = [tuple((torch.randn(2, 8, generator=g).bfloat16(), torch.randn(2, 2, 4, 4, generator=g),
+                     torch.randn(2, 8, generator=g).bfloat16()) for _ in range(3)) for _ in range(4)]
+    initial = object()
+    store = StartStates(initial, len(states))
+    for st in states:
+        store.append(st)
+    assert store[0] is initial
+    for j, st in enumerate(states, start=1):
+        for layer_got, layer_want in zip(store[j], st):
+            for got, want in zip(layer_got, layer_want):
+                assert got.dtype == want.dtype and torch.equal(got, want)
+                assert got.data_ptr() != want.data_ptr()
+    states[0][0][1].zero_()
+    assert not torch.equal(store[1][0][1], states[0][0][1])
+    with pytest.raises(IndexError):
+        store[len(states) + 1]
