@@ -50,7 +50,7 @@ def eval_prompt(q: str) -> str:
     return f"Q: {q}=\n\nA:"
 
 
-def make_dataset(out_dir: Path, max_operand: int = 99, n_train: int = 60000, n_eval: int = 500, seed: int = 0,
+def make_dataset(out_dir: Path, max_operand: int = 99, n_train: int = 100000, n_eval: int = 500, seed: int = 0,
                  held_out_share: float = 0.05) -> dict:
     """Write train.jsonl (chat `messages`) and eval.jsonl ({prompt, answer}); returns counts."""
     rng = random.Random(seed)
@@ -98,7 +98,7 @@ def main(argv=None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", type=Path, help="writes train.jsonl (chat messages) and eval.jsonl here")
     p.add_argument("--max_operand", type=int, default=99)
-    p.add_argument("--n_train", type=int, default=60000)
+    p.add_argument("--n_train", type=int, default=100000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     counts = make_dataset(args.out_dir, args.max_operand, args.n_train, seed=args.seed)

@@ -17,6 +17,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from ..errors import ConfigError
 from ..model import RWKVConfig, build_model, check_state_dict, infer_config, load_state_dict
@@ -43,6 +44,7 @@ class RWKVLitModule(pl.LightningModule):
         lr_schedule: Literal["cosine", "linear", "constant"] = "cosine",
         warmup_steps: int = 10,
         token_budget: int | None = None,
+        schedule_by_time: bool = False,
         beta1: float = 0.9,
         beta2: float = 0.99,
         adam_eps: float = 1e-18,
@@ -68,6 +70,9 @@ class RWKVLitModule(pl.LightningModule):
             lr_schedule: Decay shape from lr_init to lr_final: cosine, linear or constant.
             warmup_steps: Optimizer steps of warm-up (lr × (0.01 + 0.99·step/warmup_steps)).
             token_budget: If set, the schedule runs over this many tokens and training stops there.
+            schedule_by_time: Also end the schedule at trainer.max_time: progress is the larger of the
+                step (or token) progress and elapsed/max_time, so a time-boxed run on a slower machine
+                still anneals to lr_final by the time it stops (the quickstart uses this).
             beta1: Adam beta1.
             beta2: Adam beta2.
             adam_eps: Adam epsilon (official trainer: 1e-18).
@@ -194,12 +199,25 @@ class RWKVLitModule(pl.LightningModule):
         hp = self.hparams
         lr = lr_at(self.global_step, self.tokens_seen, lr_init=hp.lr_init, lr_final=hp.lr_final,
                    warmup_steps=hp.warmup_steps, schedule=hp.lr_schedule,
-                   total_steps=self._planned_steps(), total_tokens=hp.token_budget)
+                   total_steps=self._planned_steps(), total_tokens=hp.token_budget,
+                   time_progress=self._time_progress() if hp.schedule_by_time else None)
         for opt in self.trainer.optimizers:
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
         self._lr = lr
         self._step_t0 = time.perf_counter()
+
+    def _time_progress(self) -> float | None:
+        """Elapsed share of trainer.max_time (Lightning's Timer callback, whose elapsed time checkpoints
+        carry across a resume); the maximum over ranks, so that every rank uses the same lr."""
+        timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
+        if timer is None:
+            raise ConfigError("model.schedule_by_time: true needs trainer.max_time (e.g. \"00:00:10:00\")")
+        elapsed, remaining = timer.time_elapsed("train"), timer.time_remaining("train")
+        if remaining is None:
+            raise ConfigError("model.schedule_by_time: true needs trainer.max_time (e.g. \"00:00:10:00\")")
+        (share,) = self._all_reduce([elapsed / max(elapsed + remaining, 1e-9)], "max")
+        return min(max(share, 0.0), 1.0)
 
     def _planned_steps(self) -> int | None:
         try:

@@ -46,11 +46,14 @@ def build_optimizer(groups, lr: float, betas, eps: float, offload: bool = False,
 
 
 def lr_at(step: int, tokens: float, *, lr_init: float, lr_final: float, warmup_steps: int, schedule: str,
-          total_steps: int | None = None, total_tokens: float | None = None) -> float:
+          total_steps: int | None = None, total_tokens: float | None = None,
+          time_progress: float | None = None) -> float:
     """Warm-up then decay from lr_init to lr_final (spec §1.6).
 
     Progress runs over `total_tokens` when a token budget is set (like my_exit_tokens), else over
     `total_steps`, measured after the warm-up. The warm-up multiplies by 0.01 + 0.99·step/warmup_steps.
+    `time_progress` (elapsed / trainer.max_time, when the schedule is also bound to the time budget) moves
+    progress forward when the time budget would end the run before the steps or tokens do.
     """
     if total_tokens:
         progress = tokens / total_tokens
@@ -58,6 +61,8 @@ def lr_at(step: int, tokens: float, *, lr_init: float, lr_final: float, warmup_s
         progress = (step - warmup_steps) / (total_steps - warmup_steps)
     else:
         progress = 0.0
+    if time_progress is not None:
+        progress = max(progress, time_progress)
     progress = min(max(progress, 0.0), 1.0)
     if schedule == "cosine":
         f = lr_final / lr_init if lr_init else 1.0

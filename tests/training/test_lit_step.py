@@ -7,10 +7,13 @@ backward, micro-batch split and trimming, loss scaling), which the segment-loop 
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import Timer
 from torch.utils.data import DataLoader
 
+from rwkv.errors import ConfigError
 from rwkv.training.lit_module import RWKVLitModule
 from rwkv.training.loss import head_ce_l2wrap
+from rwkv.training.optim import lr_at
 from rwkv.training.trainer import RWKVTrainer
 from tests.support.models import perturb_
 
@@ -69,3 +72,48 @@ def test_step_gradients(bptt):
         assert max((cap.grads[n] - want[n]).abs().max() for n in want) > 1e-8
         only_last = expected_grads(deepcopy(reference), {k: v[2:] for k, v in batch.items()}, micro=2)
         assert max((cap.grads[n] - only_last[n] / 2).abs().max() for n in want) > 1e-6
+
+
+class SteppedClock(Timer):
+    """Lightning's Timer with a clock that advances 40 s per finished optimizer step (100 s budget)."""
+
+    def __init__(self):
+        super().__init__(duration={"seconds": 100}, interval="step")
+        self.steps = 0
+
+    def time_elapsed(self, stage="train"):
+        return 40.0 * self.steps
+
+    def on_train_batch_end(self, trainer, *args, **kwargs):
+        self.steps += 1
+        super().on_train_batch_end(trainer, *args, **kwargs)
+
+
+class CaptureLR(pl.Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def test_schedule_by_time_anneals_by_the_time_budget():
+    """max_steps alone would keep the lr near lr_init; bound to max_time, the cosine follows elapsed time
+    and the Timer stops the run at the budget."""
+    kw = dict(n_layer=1, n_embd=32, head_size=16, vocab_size=97, ctx_len=16, warmup_steps=0, lr_init=1e-3,
+              lr_final=1e-4)
+    batch = make_batch([20, 20])
+    cap, clock = CaptureLR(), SteppedClock()
+    trainer = RWKVTrainer(accelerator="cpu", devices=1, max_steps=1000, microbatch_size=2, logger=False,
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                          callbacks=[cap, clock])
+    trainer.fit(RWKVLitModule(schedule_by_time=True, **kw), train_dataloaders=DataLoader([batch] * 10, batch_size=None))
+    sched = dict(lr_init=1e-3, lr_final=1e-4, warmup_steps=0, schedule="cosine", total_steps=1000)
+    want = [lr_at(s, 0, time_progress=p, **sched) for s, p in enumerate([0.0, 0.4, 0.8])]
+    assert cap.lrs == pytest.approx(want, rel=1e-9)  # step 3 is never taken: 120 s ≥ the 100 s budget
+    assert want[2] < 0.25 * lr_at(2, 0, **sched)
+
+    trainer = RWKVTrainer(accelerator="cpu", devices=1, max_steps=2, microbatch_size=2, logger=False,
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ConfigError, match="trainer.max_time"):
+        trainer.fit(RWKVLitModule(schedule_by_time=True, **kw), train_dataloaders=DataLoader([batch], batch_size=None))
