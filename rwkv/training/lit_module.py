@@ -207,15 +207,14 @@ class RWKVLitModule(pl.LightningModule):
         self._lr = lr
         self._step_t0 = time.perf_counter()
 
-    def _time_progress(self) -> float | None:
+    def _time_progress(self) -> float:
         """Elapsed share of trainer.max_time (Lightning's Timer callback, whose elapsed time checkpoints
         carry across a resume); the maximum over ranks, so that every rank uses the same lr."""
         timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
-        if timer is None:
-            raise ConfigError("model.schedule_by_time: true needs trainer.max_time (e.g. \"00:00:10:00\")")
-        elapsed, remaining = timer.time_elapsed("train"), timer.time_remaining("train")
+        remaining = timer.time_remaining("train") if timer is not None else None
         if remaining is None:
             raise ConfigError("model.schedule_by_time: true needs trainer.max_time (e.g. \"00:00:10:00\")")
+        elapsed = timer.time_elapsed("train")
         (share,) = self._all_reduce([elapsed / max(elapsed + remaining, 1e-9)], "max")
         return min(max(share, 0.0), 1.0)
 
