@@ -216,7 +216,7 @@ class RWKVLitModule(pl.LightningModule):
             raise ConfigError("model.schedule_by_time: true needs trainer.max_time (e.g. \"00:00:10:00\")")
         elapsed = timer.time_elapsed("train")
         (share,) = self._all_reduce([elapsed / max(elapsed + remaining, 1e-9)], "max")
-        return min(max(share, 0.0), 1.0)
+        return share  # lr_at clamps progress to [0, 1]
 
     def _planned_steps(self) -> int | None:
         try:

@@ -179,9 +179,8 @@ def run_sample(model, input_ids, loss_mask, ctx_len: int, bptt, loss_fn, backwar
         grads = [[t.grad for t in layer] for layer in s_in]
         for j in range(len(group) - 2, -1, -1):
             first = j == 0
-            s_in = starts[j] if (first or starts[j] is None) else _requires_grad_copy(starts[j])
-            if first and s_in is not None:
-                s_in = detach_state(s_in)
+            # the group's first segment starts from the incoming state (None = zeros): no gradient to it
+            s_in = detach_state(starts[0]) if first else _requires_grad_copy(starts[j])
             loss, st = forward(group[j], s_in, True)
             do_backward(_inject(loss, st, grads), last_group and first)
             if not first:
