@@ -311,16 +311,18 @@ def preload(cfg, *, force: bool = False, progress=_stderr) -> dict:
 def _tokenize_source(cfg, tokenizer, writer, workers, scratch: Path, progress, timing: dict):
     from . import rows as R
     from .formats import RecordFormatter
-    from .sources import diagnose_load_failure, load_source
+    from .sources import ArrowRecords, diagnose_load_failure, load_source
 
     t0 = time.perf_counter()
-    train_src, test_src = load_source(cfg, str(scratch / "hf_cache"), cfg.resolved_num_proc())
+    train_src, test_src = load_source(cfg, str(scratch / "hf_cache"), cfg.resolved_num_proc(),
+                                      columns_for=lambda names: RecordFormatter(cfg, tokenizer, names).columns)
     a, b = R.slice_bounds(cfg.dataset_offset, cfg.dataset_length, len(train_src))
     if b <= a:
         raise DataError(f"data.dataset_offset / data.dataset_length select no record of the "
                         f"{len(train_src)} in the source")
     timing["load"] = time.perf_counter() - t0
-    progress(f"loaded {len(train_src):,} records ({timing['load']:.1f} s); using {b - a:,}")
+    reader = "pyarrow.json" if isinstance(train_src, ArrowRecords) else "datasets.load_dataset"
+    progress(f"loaded {len(train_src):,} records ({timing['load']:.1f} s, {reader}); using {b - a:,}")
     formatter = RecordFormatter(cfg, tokenizer, train_src.column_names)
     train_src = train_src.select_columns(formatter.columns)
     if (a, b) != (0, len(train_src)):
@@ -337,7 +339,7 @@ def _tokenize_source(cfg, tokenizer, writer, workers, scratch: Path, progress, t
     except UnicodeDecodeError as e:
         # The JSON reader stores bytes unchecked; they fail only when read back: find file and line.
         raise diagnose_load_failure(cfg, e) from None
-    return lengths, learned, b - a, n_test_src
+    return lengths, learned, b - a, n_test_src, reader
 
 
 def _cpu() -> tuple[float, float]:
@@ -360,12 +362,12 @@ def _build(cfg, tokenizer, key, details, build: Path, scratch: Path, progress) -
 
         tok_path = str(scratch / "documents.arrow")
         writer = pa.ipc.new_stream(tok_path, R.schema(False))
-        n_test_src = 0
+        n_test_src, reader = 0, "binidx"
         if workers is None:
             lengths, learned, n_records = _tokenize_binidx(cfg, tokenizer, writer, progress)
         else:
-            lengths, learned, n_records, n_test_src = _tokenize_source(cfg, tokenizer, writer, workers,
-                                                                       scratch, progress, timing)
+            lengths, learned, n_records, n_test_src, reader = _tokenize_source(
+                cfg, tokenizer, writer, workers, scratch, progress, timing)
         writer.close()
     finally:
         if workers is not None:
@@ -429,6 +431,7 @@ def _build(cfg, tokenizer, key, details, build: Path, scratch: Path, progress) -
         "vocab_size": tokenizer.vocab_size,
         "eod_token_id": cfg.eod_token_id,
         "layout": "rechunked" if rechunk else ("packed" if cfg.packing_enable else "documents"),
+        "source_reader": reader,
         "source_records": int(n_records + n_test_src),
         "documents_kept": int(len(train_docs) + len(test_docs)),
         "dropped": dropped,
