@@ -5,7 +5,7 @@
 1. Builds a >= 50 MB jsonl corpus ({"text": file}) from text files on this machine (Python sources
    of the stdlib and the venv, /usr/share/doc texts), deterministic order.
 2. Times `python preload_datapath.py cfg.yaml --force` end to end (a subprocess: interpreter start,
-   imports, load_dataset, tokenize in worker processes, save_to_disk) with tokenizer world,
+   imports, the jsonl read, tokenize in worker processes, save_to_disk) with tokenizer world,
    one document per row, no test split (so rows are the documents in order).
 3. Times two single-process make_data-style baselines in subprocesses (read lines, json.loads,
    greedy-trie encode, append 0, write .bin/.idx): `official` with TRIE_TOKENIZER from PyPI `rwkv`

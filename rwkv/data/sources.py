@@ -109,10 +109,10 @@ class ArrowRecords:
     def column_names(self) -> list[str]:
         return self.table.column_names
 
-    def select_columns(self, columns: list[str]) -> "ArrowRecords":
+    def select_columns(self, columns: list[str]) -> ArrowRecords:
         return ArrowRecords(self.table.select(columns))
 
-    def select(self, rows: range) -> "ArrowRecords":
+    def select(self, rows: range) -> ArrowRecords:
         assert rows.step == 1, rows  # the pipeline only ever slices a contiguous offset/length window
         return ArrowRecords(self.table.slice(rows.start, len(rows)))
 

@@ -40,7 +40,8 @@ def test_plain_text_records_equal_load_dataset(tmp_path):
     b = write_jsonl(tmp_path / "b.jsonl", [{"text": t[::-1], "id": 10 + i, "meta": {"k": i}}
                                             for i, t in enumerate(TEXTS)])
     # blank lines are skipped by both readers (and by locate_record's line mapping)
-    a.write_text(a.read_text(encoding="utf-8") + "\n\n", encoding="utf-8")
+    lines = a.read_text(encoding="utf-8").splitlines(keepends=True)
+    a.write_text("".join(lines[:2] + ["\n", "   \n"] + lines[2:] + ["\n"]), encoding="utf-8")
     cfg = _cfg(tmp_path, [str(a), str(b)])
     got = _direct(cfg)
     assert got is not None
