@@ -129,17 +129,44 @@ def _first_record(path: Path):
     return None
 
 
+def _plain_value(value) -> bool:
+    """A string, or a non-empty list of objects whose values are all strings (conversation turns)."""
+    if isinstance(value, str):
+        return True
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(m, dict) and m and all(isinstance(x, str) for x in m.values()) for m in value)
+
+
+def _plain_column(column) -> bool:
+    """Arrow twin of `_plain_value` over a whole column, with no null anywhere: a null struct field
+    means some turn lacked a key that others have, which datasets 5 stores as re-encoded JSON."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = column.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return True
+    if not (pa.types.is_list(t) and pa.types.is_struct(t.value_type)) or column.null_count:
+        return False
+    st = t.value_type
+    if st.num_fields == 0 or not all(pa.types.is_string(st.field(i).type) for i in range(st.num_fields)):
+        return False
+    turns = pc.list_flatten(column)
+    return turns.null_count == 0 and all(pc.struct_field(turns, [i]).null_count == 0
+                                         for i in range(st.num_fields))
+
+
 def read_jsonl_direct(cfg, columns_for) -> ArrowRecords | None:
-    """Local JSON-lines files with plain string columns, parsed by `pyarrow.json` straight into one
+    """Local JSON-lines files with plain columns, parsed by `pyarrow.json` straight into one
     Arrow table: the parser the `datasets` json builder runs on the same bytes, minus the 1 s
     `import datasets` and the Arrow cache copy, so tokenizing starts at once (issue 3 §10).
 
     `columns_for(names)` says which columns the record format reads. Anything this path cannot
     promise to read exactly as `load_dataset("json")` would returns None, and the caller takes
     that road instead: builder params, a data_dir, split mappings, JSON arrays, non-object lines,
-    compressed files, a used column that is not a string (datasets 5 may re-encode nested structs
-    whose keys vary), more than DIRECT_MAX_BYTES of files, or any parse error (whose diagnosis
-    stays with the datasets path)."""
+    compressed files, a used column that is neither strings nor lists of all-string objects with
+    the same keys (datasets 5 re-encodes nested objects whose keys vary), more than
+    DIRECT_MAX_BYTES of files, or any parse error (whose diagnosis stays with the datasets path)."""
     if cfg.builder() != "json" or cfg.source_dataset_params or cfg.source_data_dir:
         return None
     if isinstance(cfg.source_data_files, dict) or cfg.source_dataset_split != "train" \
@@ -158,7 +185,7 @@ def read_jsonl_direct(cfg, columns_for) -> ArrowRecords | None:
         if not isinstance(first, dict):
             return None
         used = columns_for(list(first))
-        if any(not isinstance(first.get(c), str) for c in used):
+        if any(not _plain_value(first.get(c)) for c in used):
             return None
         tables = []
         for p in files:
@@ -175,8 +202,7 @@ def read_jsonl_direct(cfg, columns_for) -> ArrowRecords | None:
             return None
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         used = columns_for(table.column_names)
-        if any(not (pa.types.is_string(table.schema.field(c).type)
-                    or pa.types.is_large_string(table.schema.field(c).type)) for c in used):
+        if not all(_plain_column(table.column(c)) for c in used):
             return None
         table.select(used).validate(full=True)  # invalid UTF-8 -> ArrowInvalid -> datasets path
     except (DataError, OSError, ValueError, pa.ArrowException):

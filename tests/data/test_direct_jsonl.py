@@ -77,12 +77,50 @@ def test_large_corpora_keep_the_memory_mapped_datasets_path(tmp_path, monkeypatc
     assert _direct(_cfg(tmp_path, str(path))) is None
 
 
-@pytest.mark.parametrize("case", ["messages", "params", "array", "malformed", "not_utf8", "schemas",
+CHATS = [
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                  {"role": "assistant", "content": "4 ✓"}], "source": "a"},
+    {"messages": [{"role": "user", "content": "line\nbreak"}, {"role": "assistant", "content": ""}],
+     "source": "b"},
+]
+
+
+@pytest.mark.parametrize("fmt", ["messages", "iopairs", "sender"])
+def test_conversation_records_equal_load_dataset(tmp_path, fmt):
+    # turns are objects with string values only and the same keys throughout
+    if fmt == "messages":
+        recs, kw = CHATS * 3, {}
+    elif fmt == "iopairs":
+        recs = [{"conversation": [{"input": f"q{i}", "output": f"a{i}"}] * (1 + i % 3)} for i in range(6)]
+        kw = {"conversation_format": "iopairs"}
+    else:
+        recs = [{"conversation": [{"sender": "user", "message": f"hi {i}"}, {"sender": "bot", "message": "yo"}]}
+                for i in range(6)]
+        kw = {"conversation_format": "sender"}
+    path = write_jsonl(tmp_path / "chat.jsonl", recs)
+    cfg = _cfg(tmp_path, str(path), **kw)
+    got = _direct(cfg)
+    assert got is not None
+    hf = _hf_records(cfg)
+    assert got[0:len(got)] == hf[0:len(hf)]
+
+
+@pytest.mark.parametrize("case", ["turn_keys_vary", "turn_extra_key", "turn_not_string", "no_turns_later",
+                                  "params", "array", "malformed", "not_utf8", "schemas",
                                   "split_map", "nontext_column", "null_first", "csv"])
 def test_everything_else_goes_to_load_dataset(tmp_path, case):
     kw, files = {}, None
-    if case == "messages":  # nested structs: datasets 5 may re-encode them, so never the fast path
-        files = write_jsonl(tmp_path / "m.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    if case == "turn_keys_vary":  # datasets 5 re-encodes such turns as JSON: never the fast path
+        files = write_jsonl(tmp_path / "m.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                                 {"role": "assistant"}]}])
+    elif case == "turn_extra_key":
+        turns = [{"sender": "user", "message": "hi"}, {"sender": "bot", "message": "yo", "context": "x"}]
+        files = write_jsonl(tmp_path / "s.jsonl", [{"conversation": turns}])
+        kw["conversation_format"] = "sender"
+    elif case == "turn_not_string":
+        files = write_jsonl(tmp_path / "w.jsonl", [{"messages": [{"role": "user", "content": "hi", "weight": 1}]}])
+    elif case == "no_turns_later":
+        files = write_jsonl(tmp_path / "n.jsonl", [CHATS[0], {"source": "c"}, {"messages": []}])
     elif case == "params":
         files = write_jsonl(tmp_path / "p.jsonl", [{"text": "a"}])
         kw["source_dataset_params"] = {"encoding": "latin-1"}
@@ -114,16 +152,26 @@ def test_everything_else_goes_to_load_dataset(tmp_path, case):
 
 
 def test_preload_output_is_the_same_either_way(build, tmp_path, monkeypatch):
+    """Text with packing and a held-out fraction; chat messages with their masks and a test count."""
     import rwkv.data.sources as sources
 
     texts = [f"doc {i} " + "word " * (i % 17) + TEXTS[i % len(TEXTS)] for i in range(60)]
     path = write_jsonl(tmp_path / "src" / "train.jsonl", [{"text": t} for t in texts])
     kw = dict(source="json", source_data_files=str(path), test_split=0.2, packing_enable=True,
               packing_max_len=300, num_proc=2)
-    _, fast, fast_dd = build(data_path=str(tmp_path / "fast"), **kw)
-    monkeypatch.setattr(sources, "read_jsonl_direct", lambda cfg, columns_for: None)
-    _, slow, slow_dd = build(data_path=str(tmp_path / "slow"), **kw)
-    assert (fast["source_reader"], slow["source_reader"]) == ("pyarrow.json", "datasets.load_dataset")
-    assert fast["hash"] == slow["hash"] and fast["splits"] == slow["splits"]
-    for split in ("train", "test"):
-        assert fast_dd[split].to_dict() == slow_dd[split].to_dict()
+    chats = write_jsonl(tmp_path / "src" / "chat.jsonl", CHATS * 20)
+    both = [(kw, "text"), (dict(source="json", source_data_files=str(chats), test_split=3, num_proc=2), "chat")]
+    results = {}
+    for direct in (True, False):
+        if not direct:
+            monkeypatch.setattr(sources, "read_jsonl_direct", lambda cfg, columns_for: None)
+        for k, name in both:
+            results[direct, name] = build(data_path=str(tmp_path / f"{name}-{direct}"), **k)[1:]
+    for _, name in both:
+        (fast, fast_dd), (slow, slow_dd) = results[True, name], results[False, name]
+        assert (fast["source_reader"], slow["source_reader"]) == ("pyarrow.json", "datasets.load_dataset")
+        assert fast["hash"] == slow["hash"] and fast["splits"] == slow["splits"]
+        if name == "chat":  # the prompt turns are masked
+            assert 0 in {m for row in fast_dd["train"]["loss_mask"] for m in row}
+        for split in ("train", "test"):
+            assert fast_dd[split].to_dict() == slow_dd[split].to_dict()
