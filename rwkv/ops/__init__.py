@@ -8,8 +8,9 @@
 * returns y in the input dtype and the final state in the compute dtype; autograd reaches every input
   including `state`.
 
-Backends: `reference` (per-token loop, the spec), `chunked` (spec §3.4, the CPU workhorse and GPU
-fallback), `cuda` (kernels in cuda/, used by `auto` only after a self-check against `chunked`).
+Backends: `reference` (per-token loop, the spec), `chunked` (spec §3.4, fp64 on CPU and the fallback
+everywhere), `cuda` (kernels in cuda/) and, for wkv7, `cpu` (the recurrence in C, rwkv/ops/csrc/); `auto`
+uses `cuda` or `cpu` only after their one-time self-check against `chunked`.
 """
 
 from .backends import available_backends, wkv5, wkv6, wkv7

@@ -1,7 +1,10 @@
 """Backend dispatch for the WKV ops (DESIGN.md §3 "WKV op").
 
 `auto` chooses `cuda` only for CUDA tensors whose kernel is built and passed its one-time self-check
-against `chunked` on that device; otherwise `chunked`. The choice is logged once per op and device.
+against `chunked` on that device; `cpu` (the C recurrence, wkv7 only) for CPU tensors that are not fp64
+when its library built and passed its self-check; otherwise `chunked`. fp64 stays on `chunked`: it is
+the dtype of the tight reference tests, and the C kernel computes in fp32. The choice is logged once
+per op and device.
 Modules are imported lazily so that importing `rwkv.ops` builds nothing.
 """
 
@@ -10,6 +13,8 @@ from __future__ import annotations
 import importlib
 import logging
 
+import torch
+
 from .common import check_inputs
 
 log = logging.getLogger("rwkv.ops")
@@ -17,7 +22,7 @@ log = logging.getLogger("rwkv.ops")
 # op -> backend -> "module:function" (relative to rwkv.ops)
 _IMPLS = {
     "wkv7": {"reference": "wkv7_reference:wkv7_reference", "chunked": "wkv7_chunked:wkv7_chunked",
-             "cuda": "cuda_backend:wkv7_cuda"},
+             "cuda": "cuda_backend:wkv7_cuda", "cpu": "cpu_backend:wkv7_cpu"},
     "wkv6": {"reference": "wkv6_reference:wkv6_reference", "chunked": "wkv6_chunked:wkv6_chunked",
              "cuda": "cuda_backend:wkv6_cuda"},
     "wkv5": {"reference": "wkv6_reference:wkv5_reference", "chunked": "wkv6_chunked:wkv5_chunked",
@@ -40,8 +45,8 @@ def _load(op: str, backend: str):
     return getattr(importlib.import_module(f"{__package__}.{module}"), fn)
 
 
-def resolve(op: str, backend: str, device) -> str:
-    """Turn `auto` into a concrete backend name for tensors on `device`."""
+def resolve(op: str, backend: str, device, dtype=None) -> str:
+    """Turn `auto` into a concrete backend name for tensors on `device` of `dtype`."""
     if backend != "auto":
         return backend
     choice = "chunked"
@@ -50,7 +55,12 @@ def resolve(op: str, backend: str, device) -> str:
 
         if cuda_backend.ready(op, device):
             choice = "cuda"
-    key = (op, str(device))
+    elif device.type == "cpu" and "cpu" in _IMPLS[op] and dtype != torch.float64:
+        from . import cpu_backend  # compiles on first use (well under a second), never at import
+
+        if cpu_backend.ready():
+            choice = "cpu"
+    key = (op, str(device), choice)
     if key not in _logged:
         _logged.add(key)
         log.info("%s: using the %s backend on %s", op, choice, device)
@@ -61,7 +71,7 @@ def _run(op, backend, args: tuple, checked: dict, state, reset, **kw):
     """Validate the [B,T,H,N] inputs named in `checked`, then call the backend with `args` as given."""
     check_inputs(op, checked, state, reset)
     first = args[0]
-    fn = _load(op, resolve(op, backend, first.device))
+    fn = _load(op, resolve(op, backend, first.device, first.dtype))
     y, s = fn(*args, state=state, reset=reset, **kw)
     return y.to(first.dtype), s
 

@@ -119,12 +119,14 @@ def test_ready_caches_one_self_check_per_op_and_device(monkeypatch):
     assert checks == [("wkv7", "cuda:0"), ("wkv7", "cuda:1")]
 
 
-def test_auto_resolves_to_chunked_on_cpu():
-    assert backends.resolve("wkv7", "auto", torch.device("cpu")) == "chunked"
+def test_auto_never_resolves_to_cuda_on_cpu():
+    """CPU tensors get a CPU backend (the C kernel or chunked, tests/ops/test_wkv7_cpu.py), never cuda."""
     r, w, k, v, a, b, s0, _, _ = cuda_backend._wkv7_inputs(1, 5, 1, 64, "cpu", torch.Generator())
+    choice = backends.resolve("wkv7", "auto", torch.device("cpu"), r.dtype)
+    assert choice in ("cpu", "chunked")
     y_auto, s_auto = wkv7(r, w, k, v, a, b, state=s0, backend="auto")
-    y_ch, s_ch = wkv7(r, w, k, v, a, b, state=s0, backend="chunked")
-    assert torch.equal(y_auto, y_ch) and torch.equal(s_auto, s_ch)
+    y_cpu, s_cpu = wkv7(r, w, k, v, a, b, state=s0, backend=choice)
+    assert torch.equal(y_auto, y_cpu) and torch.equal(s_auto, s_cpu)
 
 
 def test_explicit_cuda_backend_on_cpu_tensors_falls_back_to_chunked():

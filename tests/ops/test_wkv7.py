@@ -127,8 +127,21 @@ def test_out_of_range_log_decay_is_refused(bad):
         wkv7(**x, backend="chunked")
 
 
-def test_auto_is_chunked_on_cpu():
-    assert backends.resolve("wkv7", "auto", torch.device("cpu")) == "chunked"
+def test_auto_is_chunked_for_fp64_on_cpu():
+    """fp64 (the dtype of the tight tests) always runs chunked; fp32 runs the C kernel when it passed its
+    self-check (tests/ops/test_wkv7_cpu.py) and chunked otherwise."""
+    assert backends.resolve("wkv7", "auto", torch.device("cpu"), torch.float64) == "chunked"
+    x, s0 = v7_inputs(1, 40, 2, 8), _state(1, 2, 8)
+    y_auto, s_auto = wkv7(**x, state=s0, backend="auto")
+    y_chunk, s_chunk = wkv7_chunked(**x, state=s0)
+    assert torch.equal(y_auto, y_chunk) and torch.equal(s_auto, s_chunk)
+
+
+def test_auto_is_chunked_on_cpu_when_the_c_kernel_is_not_ready(monkeypatch):
+    from rwkv.ops import cpu_backend
+
+    monkeypatch.setattr(cpu_backend, "ready", lambda op="wkv7": False)
+    assert backends.resolve("wkv7", "auto", torch.device("cpu"), torch.float32) == "chunked"
     x, s0 = cast(v7_inputs(1, 40, 2, 8), torch.float32), _state(1, 2, 8).float()
     y_auto, s_auto = wkv7(**x, state=s0, backend="auto")
     y_chunk, s_chunk = wkv7_chunked(**x, state=s0)
