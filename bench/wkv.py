@@ -2,12 +2,14 @@
 """WKV kernels on this CPU: chunked vs reference, forward + backward, fp32 (issue 2 item 7, issue 6).
 
 Prints, from one run: (1) per op and shape the chunked and reference time per call and their ratio;
-(2) the chunk sizes 16/32/64 side by side with their fp32 error against an fp64 reference.
+(2) the chunk sizes 16/32/64 side by side with their fp32 error against an fp64 reference; (3) wkv7's
+`cpu` backend (the C recurrence, rwkv/ops/cpu_backend.py) against chunked, time and fp32 error.
 Shapes H=12, N=64 (x070/x060 heads at C=768), B ∈ {1, 4}, T ∈ {512, 1024, 4096}.
 
     python bench/wkv.py                 # everything (~30 min; the reference loops dominate)
     python bench/wkv.py --quick         # B=1, T ≤ 1024, one repetition (~1 min)
     python bench/wkv.py --ops wkv6 wkv5 --skip-reference
+    python bench/wkv.py --only-cpu      # table (3) only (~1 min)
 
 Timing: best of --reps calls for chunked, --ref-reps for the reference (1 by default: it takes
 minutes at T=4096); upstream gradients are dense random tensors as in training (loss = y.sum() would
@@ -34,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from rwkv.ops import cpu_backend  # noqa: E402
 from rwkv.ops.wkv6_chunked import DEFAULT_CHUNK as C6  # noqa: E402
 from rwkv.ops.wkv6_chunked import wkv5_chunked, wkv6_chunked  # noqa: E402
 from rwkv.ops.wkv6_reference import wkv5_reference, wkv6_reference  # noqa: E402
@@ -232,6 +235,35 @@ def chunk_table(args) -> None:
         print(f"{op:6} {'error':6} {'':>2} {'':>5} " + " ".join(f"{errs[c]:9.1e}" for c in args.chunks))
 
 
+def cpu_table(args) -> None:
+    """wkv7 `cpu` (C) vs chunked, side by side in one run, plus the training step's head count (H=8)."""
+    lib = cpu_backend.library()
+    if lib is None or not cpu_backend.ready("wkv7"):
+        print(f"\n## wkv7 cpu backend unavailable here: {cpu_backend._lib}")
+        return
+    cpu = lambda *t, **kw: cpu_backend.wkv7_with(lib, *t, **kw)
+    print(f"\n## wkv7: cpu (C, {'OpenMP' if lib.openmp else 'Python threads'}) vs chunked "
+          "(forward+backward, fp32, ms per call)")
+    print(f"{'H':>2} {'B':>2} {'T':>5} {'chunked':>9} {'cpu':>9} {'ratio':>7}")
+    for heads in (H, 8):
+        for B in args.batch:
+            for T in args.T:
+                x = make_inputs("wkv7", B, T, heads, N)
+                t_c, o_c = fwd_bwd(wkv7_chunked, x, args.reps)
+                t_k, o_k = fwd_bwd(cpu, x, args.reps)
+                print(f"{heads:>2} {B:>2} {T:>5} {cell(1e3 * t_c, o_c, 9, 1)} {cell(1e3 * t_k, o_k, 9, 1)} "
+                      f"{t_c / t_k:6.1f}x", flush=True)
+    x64 = make_inputs("wkv7", 1, 256, 2, N, decay="init", dtype=torch.float64)
+    outs = []
+    for fn, x in ((wkv7_reference, x64), (cpu, {n: t.float() for n, t in x64.items()})):
+        leaves = [t.clone().requires_grad_() for t in x.values()]
+        y, S = fn(*leaves)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        outs.append([y, S, *torch.autograd.grad((y * gy.to(y.dtype)).sum() + S.square().sum(), leaves)])
+    err = max(((a.double() - b).abs().max() / b.abs().max()).item() for a, b in zip(outs[1], outs[0]))
+    print(f"cpu fp32 error (max rel vs fp64 reference, y, S and all gradients, T=256): {err:.1e}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="B=1, T in {512, 1024}, one repetition")
@@ -243,6 +275,7 @@ def main() -> None:
     p.add_argument("--ref-reps", type=int, default=1, help="reference: best of this many calls")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--skip-chunks", action="store_true", help="no chunk-size table")
+    p.add_argument("--only-cpu", action="store_true", help="only the wkv7 cpu-vs-chunked table")
     args = p.parse_args()
     if args.quick:
         args.batch, args.T, args.reps = [1], [512, 1024], 1
@@ -257,9 +290,11 @@ def main() -> None:
         for fn in OPS[op]:
             if fn is not None:
                 fwd_bwd(fn, make_inputs(op, 1, 64, H, N), 1, retries=0)
-    ratio_table(args)
-    if not args.skip_chunks:
-        chunk_table(args)
+    if not args.only_cpu:
+        ratio_table(args)
+        if not args.skip_chunks:
+            chunk_table(args)
+    cpu_table(args)
     print(f"\n# total {time.perf_counter() - t0:.0f} s, load average {os.getloadavg()[0]:.1f} at end")
 
 

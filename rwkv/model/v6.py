@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import wkv6
+from ..ops.mix import shifted
 from .config import RWKVConfig
-from .v7 import GROUPNORM_EPS, RWKVModel, last_token, relu_square, shifted
+from .v7 import GROUPNORM_EPS, RWKVModel, last_token, relu_square
 
 # time_maa_w2 slot order: the LoRA produces the data-dependent mix offsets for w, k, v, r, g (spec §2.1)
 MAA_SLOTS = ("w", "k", "v", "r", "g")

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import wkv7
+from ..ops.mix import token_shift_mix
 from .config import RWKVConfig
 
 # λ = −e^{−1/2}·σ(ω): the decay clamp of the current official kernel, spec §1.3.
@@ -20,22 +21,9 @@ NEG_EXP_HALF = -0.6065306597126334
 GROUPNORM_EPS = 64e-5  # ln_x eps = 1e-5 · head_size_divisor² (spec §1.2 / §1.4)
 
 
-def shifted(x: torch.Tensor, x_prev: torch.Tensor, reset: torch.Tensor | None) -> torch.Tensor:
-    """z_{t−1} for every t, with z_{−1} = the carried x_prev; zero context where a document starts."""
-    prev = torch.cat([x_prev.unsqueeze(1).to(x.dtype), x[:, :-1]], dim=1)
-    if reset is not None:
-        prev = prev.masked_fill(reset.unsqueeze(-1), 0.0)
-    return prev
-
-
 def last_token(x: torch.Tensor) -> torch.Tensor:
     """The carried x_prev: a copy, not a view, so a stored state never pins the segment's activations."""
     return x[:, -1].clone()
-
-
-def token_shift(x: torch.Tensor, x_prev: torch.Tensor, reset: torch.Tensor | None) -> torch.Tensor:
-    """δ_t = z_{t−1} − z_t (spec §1.3), see `shifted`."""
-    return shifted(x, x_prev, reset) - x
 
 
 class _ReluSquare(torch.autograd.Function):
@@ -84,9 +72,9 @@ class TimeMix(nn.Module):
     def forward(self, x, x_prev, S, v_first, reset=None):
         B, T, C = x.shape
         H, N = self.r_k.shape
-        xx = token_shift(x, x_prev, reset)
-        xr, xw, xk = x + xx * self.x_r, x + xx * self.x_w, x + xx * self.x_k
-        xv, xa, xg = x + xx * self.x_v, x + xx * self.x_a, x + xx * self.x_g
+        # x + (z_{t−1} − x) ⊙ x_*, spec §1.3 (one fused pass on CPU, rwkv/ops/mix.py)
+        xr, xw, xk, xv, xa, xg = token_shift_mix(
+            x, x_prev, reset, (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
 
         r = self.receptance(xr)
         # log-decay in fp32 even under bf16 (the official kernel also applies σ in fp32), spec §1.3
@@ -120,7 +108,7 @@ class ChannelMix(nn.Module):
         self.value = nn.Linear(cfg.dim_ffn, C, bias=False)
 
     def forward(self, x, x_prev, reset=None):
-        xk = x + token_shift(x, x_prev, reset) * self.x_k
+        (xk,) = token_shift_mix(x, x_prev, reset, (self.x_k,))
         return self.value(relu_square(self.key(xk))), last_token(x)
 
 

@@ -1,21 +1,26 @@
-"""The `cpu` WKV-7 backend: the per-token recurrence in C (rwkv/ops/csrc/wkv7_cpu.c), fp32.
+"""CPU kernels in C: the `cpu` WKV-7 backend (rwkv/ops/csrc/wkv7_cpu.c) and the fused token-shift
+mixes (rwkv/ops/csrc/mix_cpu.c), fp32.
 
-Why: on the 2-core machines here the chunked PyTorch form (spec §3.4) spends ~80 ms per layer of a
+Why: on the 2-core machines here the chunked PyTorch WKV-7 (spec §3.4) spends ~80 ms per layer of a
 L6-D512 training step in small batched matmuls and elementwise temporaries; the recurrence with the
-64×64 state in L1 does the same work in a fraction of that (docs/benchmarks.md, "WKV kernels").
+64×64 state in L1 does the same work in a fraction of that. The token-shift mixes are ~40 memory-bound
+elementwise passes per layer in PyTorch and a few in C (docs/benchmarks.md, "WKV kernels", "Training step").
 
-Build: the first use compiles the C file with the system C compiler (`$CC`, else `cc`) into a cache
-directory (`$RWKV_CPU_EXTENSIONS_DIR`, else `~/.cache/rwkv-infctx/cpu`), named by a hash of the
-source, flags, compiler and CPU flags, written to a temporary name and renamed (concurrent ranks and
-a killed build never leave a torn library). It is plain C loaded with ctypes: no torch headers, a
-build takes well under a second. `ready()` is what `backend="auto"` consults: True only when the build
-succeeded and a one-time self-check against the fp64 `chunked` backend passed; otherwise `auto`
-keeps `chunked`, with one warning.
+Build: the first use compiles the C files with the system C compiler (`$CC`, else `cc`) into one
+library in a cache directory (`$RWKV_CPU_EXTENSIONS_DIR`, else `~/.cache/rwkv-infctx/cpu`), named by a
+hash of the sources, flags, compiler and CPU flags, written to a temporary name and renamed (concurrent
+ranks and a killed build never leave a torn library). It is plain C loaded with ctypes: no torch
+headers, a build takes well under a second. `ready(op)` is what the `auto` dispatch consults: True only
+when the build succeeded and that op's one-time self-check against the fp64 reference passed (wkv7:
+the `chunked` backend; mix: rwkv.ops.mix's formula); otherwise `auto` keeps the PyTorch path, with one
+warning.
 
-Contract as `rwkv.ops.wkv7`. Inputs of any float dtype except fp64 run in fp32 (fp64 inputs are for
-tight tests and go to `chunked` under `auto`); the state is fp32 [B, H, N(value), N(key)]. The (b, h)
-pairs are split over `torch.get_num_threads()` Python threads (ctypes drops the GIL during the call).
-Gradients reach r, w, k, v, a, b and the initial state; double backward is not supported.
+wkv7 contract as `rwkv.ops.wkv7`. Inputs of any float dtype run in fp32 (fp64 inputs are for tight tests
+and go to `chunked` under `auto`); the state is fp32 [B, H, N(value), N(key)]. Work is split over
+`torch.get_num_threads()` parts ((b, h) pairs for wkv7, (b, t) rows for the mixes) in fixed ranges, so
+results do not depend on timing; they run on torch's OpenMP pool when the library was built with
+-fopenmp, else on Python threads (ctypes drops the GIL during the call). Gradients reach every
+input including the initial state (wkv7) and x_prev (mixes); double backward is not supported.
 """
 
 from __future__ import annotations
@@ -38,19 +43,24 @@ from .common import zero_state
 
 log = logging.getLogger("rwkv.ops")
 
-SOURCE = Path(__file__).resolve().parent / "csrc" / "wkv7_cpu.c"
-# -fopenmp-simd: honour the `omp simd` pragmas (vectorised reductions) without the OpenMP runtime,
-# which would be a second thread pool next to torch's. -ffp-contract=fast: FMAs.
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = [CSRC / name for name in ("wkv7_cpu.c", "mix_cpu.c")]
+HEADERS = [CSRC / "parts.h"]
+# -fopenmp-simd: honour the `omp simd` pragmas (vectorised loops and reductions); -ffp-contract=fast: FMAs.
 CFLAGS = ["-O3", "-std=c11", "-fPIC", "-shared", "-fopenmp-simd", "-ffp-contract=fast"]
-NATIVE = ["-march=native"]  # tried first; dropped if the compiler refuses it
+# Tried in this order; a compiler that refuses one gets the next. -fopenmp: run the parts on OpenMP threads,
+# which bind to the libgomp.so.1 torch has already loaded (its intra-op pool; csrc/parts.h says why).
+FLAG_SETS = [CFLAGS + ["-march=native", "-fopenmp"], CFLAGS + ["-march=native"], CFLAGS + ["-fopenmp"], CFLAGS]
 # State snapshot interval of the backward (tokens): the recomputation buffer holds SPAN+1 states
 # (1.1 MB at N=64, L2-resident) and the forward keeps T/SPAN states per (b, h) for the backward.
 SPAN = 16
-SELF_CHECK_TOL = 1e-4  # max |cpu − chunked(fp64)| / max |chunked(fp64)| per tensor; fp32 rounding
+# Self-check tolerances: max |C − fp64 reference| / max |reference| per tensor; fp32 rounding (the C
+# kernels measured ~3e-7 on these inputs)
+SELF_CHECK_TOL = {"wkv7": 1e-4, "mix": 1e-5}
 
 _lock = threading.Lock()
 _lib = None  # the loaded library, or the exception that made the build fail
-_verdict = None  # self-check result
+_verdicts: dict = {}  # op -> self-check result
 _pool = None
 _warned: set = set()
 
@@ -82,9 +92,9 @@ def _compile(cc: str, flags: list[str], out: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.stem + ".", suffix=".tmp")
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
+        proc = subprocess.run([cc, *flags, "-o", tmp, *map(str, SOURCES), "-lm"], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"{cc} failed on {SOURCE}: {proc.stderr.strip()[-800:]}")
+            raise RuntimeError(f"{cc} failed on {', '.join(p.name for p in SOURCES)}: {proc.stderr.strip()[-800:]}")
         os.replace(tmp, out)  # atomic: other processes see either nothing or the whole library
     finally:
         if os.path.exists(tmp):
@@ -93,16 +103,16 @@ def _compile(cc: str, flags: list[str], out: Path) -> None:
 
 def _build():
     cc = os.environ.get("CC", "cc")
-    src = SOURCE.read_bytes()
+    src = b"\0".join(p.read_bytes() for p in SOURCES + HEADERS)
     errors = []
-    for flags in (CFLAGS + NATIVE, CFLAGS):
+    for flags in FLAG_SETS:
         try:
             version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
         except OSError as e:
             raise RuntimeError(f"no C compiler ({cc}): {e}") from e
         key = hashlib.sha256(b"\0".join([src, " ".join(flags).encode(), version.encode(),
                                          _cpu_flags().encode(), platform.machine().encode()])).hexdigest()
-        out = cache_dir() / f"wkv7_cpu_{key[:16]}.so"
+        out = cache_dir() / f"rwkv_cpu_{key[:16]}.so"
         try:
             if not out.exists():
                 _compile(cc, flags, out)
@@ -110,8 +120,10 @@ def _build():
         except (RuntimeError, OSError) as e:
             errors.append(str(e))
             continue
-        for name in ("wkv7_forward", "wkv7_backward"):
+        for name in ("wkv7_forward", "wkv7_backward", "mix_forward", "mix_backward", "rwkv_cpu_openmp"):
             getattr(lib, name).restype = ctypes.c_int
+        lib.openmp = bool(lib.rwkv_cpu_openmp())
+        log.debug("C CPU kernels: %s (%s)", out, " ".join(flags))
         return lib
     raise RuntimeError("; ".join(errors))
 
@@ -126,7 +138,8 @@ def library():
             except Exception as e:  # noqa: BLE001 - any build failure means "use chunked"
                 _lib = e
     if isinstance(_lib, Exception):
-        _warn_once("build", "wkv7: the cpu backend is unavailable (%s); using chunked", str(_lib).strip())
+        _warn_once("build", "the C CPU kernels are unavailable (%s); wkv7 uses chunked, the token-shift "
+                   "mixes PyTorch", str(_lib).strip())
         return None
     return _lib
 
@@ -136,21 +149,26 @@ def _ptr(t):
     return ctypes.c_void_p(t.data_ptr()) if t is not None else None
 
 
-def _run_split(fn, B, H, args):
-    """Run fn(*args, bh0, bh1) over all (b, h) pairs, split in contiguous ranges over the threads."""
+def n_parts(total: int) -> int:
+    return max(1, min(torch.get_num_threads(), total))
+
+
+def _run_parts(lib, fn, total, args):
+    """fn(*args, nparts, part) over n_parts(total) ranges (csrc/parts.h): one call that runs them all on
+    OpenMP threads when the library has OpenMP, else one call per part on a Python thread pool."""
     global _pool
-    n = max(1, min(torch.get_num_threads(), B * H))
-    bounds = [(B * H * i // n, B * H * (i + 1) // n) for i in range(n)]
-    if n == 1:
-        codes = [fn(*args, 0, B * H)]
+    n = n_parts(total)
+    if n == 1 or lib.openmp:
+        codes = [fn(*args, n, -1)]
     else:
         with _lock:
             if _pool is None or _pool._max_workers < n:
-                _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="rwkv-wkv7")
+                _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="rwkv-cpu")
             pool = _pool
-        codes = [f.result() for f in [pool.submit(fn, *args, lo, hi) for lo, hi in bounds]]
+        codes = [f.result() for f in [pool.submit(fn, *args, n, p) for p in range(n)]]
     if any(codes):
-        raise MemoryError("wkv7 cpu kernel: out of memory for its work buffers")
+        raise MemoryError("rwkv C kernel: out of memory for its work buffers")
+    return n
 
 
 def _dims(r):
@@ -160,13 +178,12 @@ def _dims(r):
 
 class _WKV7CPU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, r, w, k, v, a, b, s0, reset):
+    def forward(ctx, lib, need_grad, r, w, k, v, a, b, s0, reset):
         B, T, H, N = r.shape
         y, sT = torch.empty_like(r), torch.empty_like(s0)
         d = torch.exp(w)  # the C loops take the decay itself: a vectorised exp here, none per step there
-        need_grad = any(ctx.needs_input_grad[1:8])
         snaps = r.new_empty(B, H, -(-T // SPAN), N, N) if need_grad else None
-        _run_split(lib.wkv7_forward, B, H, [*_dims(r), *map(_ptr, (r, d, k, v, a, b, s0, reset, y, sT, snaps))])
+        _run_parts(lib, lib.wkv7_forward, B * H, [*_dims(r), *map(_ptr, (r, d, k, v, a, b, s0, reset, y, sT, snaps))])
         if need_grad:
             ctx.lib = lib
             ctx.save_for_backward(r, d, k, v, a, b, reset, snaps)
@@ -181,10 +198,10 @@ class _WKV7CPU(torch.autograd.Function):
         dsT = (r.new_zeros(B, H, N, N) if dsT is None else dsT.to(torch.float32).contiguous())
         grads = [torch.empty_like(r) for _ in range(6)]
         ds0 = torch.empty_like(dsT)
-        _run_split(ctx.lib.wkv7_backward, B, H,
+        _run_parts(ctx.lib, ctx.lib.wkv7_backward, B * H,
                    [*_dims(r), *map(_ptr, (r, d, k, v, a, b, reset, snaps, dy, dsT, *grads, ds0))])
         dr, dw, dk, dv, da, db = grads
-        return None, dr, dw, dk, dv, da, db, ds0, None
+        return None, None, dr, dw, dk, dv, da, db, ds0, None
 
 
 def wkv7_with(lib, r, w, k, v, a, b, state=None, reset=None):
@@ -194,7 +211,9 @@ def wkv7_with(lib, r, w, k, v, a, b, state=None, reset=None):
     r, w, k, v, a, b = (x.to(torch.float32).contiguous() for x in (r, w, k, v, a, b))
     s0 = zero_state(B, H, N, torch.float32, r.device) if state is None else state.to(torch.float32).contiguous()
     rst = None if reset is None else reset.to(torch.uint8).contiguous()
-    return _WKV7CPU.apply(lib, r, w, k, v, a, b, s0, rst)
+    # snapshots for the backward only when one can follow (needs_input_grad ignores no_grad mode)
+    need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (r, w, k, v, a, b, s0))
+    return _WKV7CPU.apply(lib, need_grad, r, w, k, v, a, b, s0, rst)
 
 
 def wkv7_cpu(r, w, k, v, a, b, state=None, reset=None, **kw):
@@ -213,10 +232,67 @@ def wkv7_cpu(r, w, k, v, a, b, state=None, reset=None, **kw):
     return wkv7_with(lib, r, w, k, v, a, b, state=state, reset=reset)
 
 
+# ------------------------------------------------------------------------------------- token-shift mix
+class _MixCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, x, x_prev, reset, m):
+        B, T, C = x.shape
+        K = m.shape[0]
+        outs = [torch.empty_like(x) for _ in range(K)]
+        ptrs = (ctypes.c_void_p * K)(*[o.data_ptr() for o in outs])
+        _run_parts(lib, lib.mix_forward, B * T, [B, T, C, K, *map(_ptr, (x, x_prev, reset, m)), ptrs])
+        ctx.lib = lib
+        ctx.set_materialize_grads(False)  # an unused mix hands in None: the kernel skips it
+        ctx.save_for_backward(x, x_prev, reset, m)
+        return tuple(outs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *gs):
+        x, x_prev, reset, m = ctx.saved_tensors
+        B, T, C = x.shape
+        K = m.shape[0]
+        gs = [None if g is None else g.to(torch.float32).contiguous() for g in gs]
+        ptrs = (ctypes.c_void_p * K)(*[None if g is None else g.data_ptr() for g in gs])
+        gx = torch.empty_like(x)
+        gx_prev = torch.empty_like(x_prev) if ctx.needs_input_grad[2] else None
+        gm = x.new_empty(n_parts(B * T), K, C)  # one partial sum per part, added up below in a fixed order
+        _run_parts(ctx.lib, ctx.lib.mix_backward, B * T,
+                   [B, T, C, K, *map(_ptr, (x, x_prev, reset, m)), ptrs, _ptr(gx), _ptr(gx_prev), _ptr(gm)])
+        return None, gx, gx_prev, None, gm.sum(0)
+
+
+def token_shift_mix_with(lib, x, x_prev, reset, mixes):
+    """rwkv.ops.mix.token_shift_mix through the loaded library, in fp32 (casts are autograd ops)."""
+    B, T, C = x.shape
+    dt = x.dtype
+    x32 = x.to(torch.float32).contiguous()
+    xp = x_prev.to(torch.float32).contiguous()
+    m = torch.cat([mm.reshape(1, C) for mm in mixes]).to(torch.float32).contiguous()
+    rst = None if reset is None else reset.to(torch.uint8).contiguous()
+    outs = _MixCPU.apply(lib, x32, xp, rst, m)
+    return [o.to(dt) for o in outs]
+
+
+def token_shift_mix_cpu(x, x_prev, reset, mixes):
+    if x.device.type != "cpu":
+        raise ValueError(f"token_shift_mix: backend='cpu' needs CPU tensors, got {x.device}")
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"token_shift_mix: backend='cpu' requested but the C kernels are unavailable: {_lib}")
+    return token_shift_mix_with(lib, x, x_prev, reset, mixes)
+
+
 # ------------------------------------------------------------------------------------------ self-check
-def self_check(lib) -> tuple[bool, str]:
-    """Forward, final state and every gradient on a small case with resets and a T that is not a
-    multiple of SPAN, against chunked in fp64."""
+def _rel_errors(got: dict, ref: dict) -> dict:
+    return {n: ((got[n].double() - ref[n]).abs().max() / ref[n].abs().max().clamp_min(1e-30)).item() for n in ref}
+
+
+def self_check(lib, op: str = "wkv7") -> tuple[bool, str]:
+    """Outputs and every gradient on a small case with resets against the fp64 reference (wkv7: a T that
+    is not a multiple of SPAN, head size 64 as the models use, against chunked)."""
+    if op == "mix":
+        return _self_check_mix(lib)
     from .wkv7_chunked import wkv7_chunked
 
     g = torch.Generator().manual_seed(1234)
@@ -231,7 +307,7 @@ def self_check(lib) -> tuple[bool, str]:
     dy, dS = rnd(B, T, H, N), rnd(B, H, N, N)
 
     def run(fn, dtype):
-        leaves = {n: t.to(dtype).requires_grad_() for n, t in {**x, "s0": s0}.items()}
+        leaves = {n: t.to(dtype).clone().requires_grad_() for n, t in {**x, "s0": s0}.items()}
         y, S = fn(*(leaves[n] for n in "rwkvab"), state=leaves["s0"], reset=reset)
         torch.autograd.backward([y, S], [dy.to(dtype), dS.to(dtype)])
         return {"y": y, "S": S, **{f"d{n}": t.grad for n, t in leaves.items()}}
@@ -239,26 +315,50 @@ def self_check(lib) -> tuple[bool, str]:
     with torch.enable_grad():
         got = run(lambda *t, **kw: wkv7_with(lib, *t, **kw), torch.float32)
         ref = run(wkv7_chunked, torch.float64)
-    errs = {n: ((got[n].double() - ref[n]).abs().max() / ref[n].abs().max().clamp_min(1e-30)).item() for n in ref}
-    worst = max(errs.values())
-    ok = all(torch.isfinite(t).all() for t in got.values()) and worst <= SELF_CHECK_TOL
+    return _verdict_of(got, ref, SELF_CHECK_TOL["wkv7"])
+
+
+def _verdict_of(got: dict, ref: dict, tol: float) -> tuple[bool, str]:
+    errs = _rel_errors(got, ref)
+    ok = all(bool(torch.isfinite(t).all()) for t in got.values()) and max(errs.values()) <= tol
     return ok, ", ".join(f"{n} {e:.1e}" for n, e in errs.items())
 
 
-def ready() -> bool:
-    """True when the library is built and passed its self-check (run once per process)."""
-    global _verdict
-    if _verdict is None:
+def _self_check_mix(lib) -> tuple[bool, str]:
+    from .mix import token_shift_mix_reference
+
+    g = torch.Generator().manual_seed(4321)
+    B, T, C, K = 3, 7, 40, 3
+    x, x_prev, m = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((B, T, C), (B, C), (K, 1, 1, C)))
+    reset = torch.zeros(B, T, dtype=torch.bool)
+    reset[0, 0] = reset[1, 3] = reset[2, T - 1] = True
+    gy = torch.randn(K, B, T, C, generator=g, dtype=torch.float64)
+
+    def run(fn, dtype):
+        leaves = [t.to(dtype).clone().requires_grad_() for t in (x, x_prev, m)]
+        outs = fn(leaves[0], leaves[1], reset, list(leaves[2]))
+        torch.autograd.backward(outs, list(gy.to(dtype)))
+        return {"out": torch.stack(outs), **{n: t.grad for n, t in zip(("dx", "dx_prev", "dm"), leaves)}}
+
+    with torch.enable_grad():
+        got = run(lambda *a: token_shift_mix_with(lib, *a), torch.float32)
+        ref = run(token_shift_mix_reference, torch.float64)
+    return _verdict_of(got, ref, SELF_CHECK_TOL["mix"])
+
+
+def ready(op: str = "wkv7") -> bool:
+    """True when the library is built and `op` ("wkv7" or "mix") passed its self-check (once per process)."""
+    if op not in _verdicts:
         lib = library()
         if lib is None:
-            _verdict = False
+            _verdicts[op] = False
         else:
             try:
-                ok, detail = self_check(lib)
+                ok, detail = self_check(lib, op)
             except Exception as e:  # noqa: BLE001 - a crashing check is a failed check
                 ok, detail = False, f"{type(e).__name__}: {e}"
             if not ok:
-                _warn_once("check", "wkv7: the cpu kernel failed its self-check against chunked (%s); "
-                           "using chunked", detail)
-            _verdict = ok
-    return _verdict
+                _warn_once(("check", op), "%s: the C CPU kernel failed its self-check against the fp64 "
+                           "reference (%s); using the PyTorch path", op, detail)
+            _verdicts[op] = ok
+    return _verdicts[op]

@@ -108,11 +108,17 @@ def test_bf16_inputs_and_partial_gradients(lib):
     assert ((y.double() - ref).abs().max() / ref.abs().max()).item() < 1e-2  # bf16 output rounding
 
 
-def test_no_grad_forward_keeps_no_snapshots(lib):
-    x = cast(v7_inputs(1, 50, 1, 16), torch.float32)
+def test_no_grad_forward_keeps_no_snapshots(lib, monkeypatch):
+    x = {n: t.requires_grad_() for n, t in cast(v7_inputs(1, 50, 1, 16), torch.float32).items()}
+    made = []
+    real = cpu_backend._WKV7CPU.forward
+    monkeypatch.setattr(cpu_backend._WKV7CPU, "forward",
+                        staticmethod(lambda ctx, lib, need, *a: made.append(need) or real(ctx, lib, need, *a)))
     with torch.no_grad():
         y, S = cpu_backend.wkv7_cpu(**x)
-    ref_y, ref_S = wkv7_reference(**x)
+    assert made == [False] and not y.requires_grad
+    with torch.no_grad():
+        ref_y, ref_S = wkv7_reference(**x)
     assert torch.allclose(y, ref_y, atol=1e-4) and torch.allclose(S, ref_S, atol=1e-4)
 
 
@@ -142,22 +148,22 @@ def test_failed_build_warns_once_and_auto_keeps_chunked(monkeypatch, caplog):
 
     monkeypatch.setattr(cpu_backend, "_build", failing_build)
     monkeypatch.setattr(cpu_backend, "_lib", None)
-    monkeypatch.setattr(cpu_backend, "_verdict", None)
+    monkeypatch.setattr(cpu_backend, "_verdicts", {})
     monkeypatch.setattr(cpu_backend, "_warned", set())
     with caplog.at_level(logging.WARNING, logger="rwkv.ops"):
         assert cpu_backend.ready() is False
-        assert cpu_backend.ready() is False
+        assert cpu_backend.ready("mix") is False
         assert backends.resolve("wkv7", "auto", torch.device("cpu"), torch.float32) == "chunked"
-    msgs = [r.getMessage() for r in caplog.records if "cpu backend is unavailable" in r.getMessage()]
+    msgs = [r.getMessage() for r in caplog.records if "C CPU kernels are unavailable" in r.getMessage()]
     assert len(msgs) == 1 and "cc: command not found" in msgs[0]
     with pytest.raises(RuntimeError, match="backend='cpu' requested but the kernel is unavailable"):
         cpu_backend.wkv7_cpu(**cast(v7_inputs(1, 4, 1, 8), torch.float32))
 
 
 def test_failed_self_check_keeps_chunked(monkeypatch, caplog):
-    monkeypatch.setattr(cpu_backend, "_verdict", None)
+    monkeypatch.setattr(cpu_backend, "_verdicts", {})
     monkeypatch.setattr(cpu_backend, "_warned", set())
-    monkeypatch.setattr(cpu_backend, "self_check", lambda lib: (False, "y 3.0e-01"))
+    monkeypatch.setattr(cpu_backend, "self_check", lambda lib, op="wkv7": (False, "y 3.0e-01"))
     with caplog.at_level(logging.WARNING, logger="rwkv.ops"):
         assert cpu_backend.ready() is False
     assert backends.resolve("wkv7", "auto", torch.device("cpu"), torch.float32) == "chunked"
@@ -180,3 +186,26 @@ def test_build_is_cached_and_atomic(tmp_path):
     mtime = path.stat().st_mtime_ns
     second = run()
     assert first.stdout == second.stdout and path.stat().st_mtime_ns == mtime
+
+
+def test_build_without_openmp_uses_python_threads_and_agrees(lib, monkeypatch, tmp_path):
+    """A compiler without OpenMP gives a library whose parts run on Python threads; its results equal the
+    OpenMP build's bit for bit (the same ranges, the same arithmetic), for wkv7 and the mixes."""
+    monkeypatch.setenv("RWKV_CPU_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu_backend, "FLAG_SETS", [cpu_backend.CFLAGS + ["-march=native"]])
+    plain = cpu_backend._build()
+    assert plain.openmp is False and lib.openmp is True
+    inputs, s0 = cast(v7_inputs(3, 37, 2, 64, seed=11), torch.float32), _state(3, 2, 64).float()
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = forward_backward(_cpu(lib), inputs, s0)
+        b = forward_backward(_cpu(plain), inputs, s0)
+        x, x_prev = torch.randn(2, 9, 32), torch.randn(2, 32)
+        mixes = [torch.randn(1, 1, 32) for _ in range(3)]
+        ma = cpu_backend.token_shift_mix_with(lib, x, x_prev, None, mixes)
+        mb = cpu_backend.token_shift_mix_with(plain, x, x_prev, None, mixes)
+    finally:
+        torch.set_num_threads(n)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(p, q) for p, q in zip(ma, mb))

@@ -21,16 +21,16 @@
 // docs/benchmarks.md): forward 15–18 ms portable vs 6 ms AVX-512.
 //
 // Inputs are [B, T, H, N] contiguous fp32 with the decay d = exp(λ) itself (computed vectorised by
-// the caller; ∂λ = ∂d · d is formed here); each call handles the (b, h) pairs in [bh0, bh1), so the
-// Python side can split one op over threads (ctypes releases the GIL). Compiled by
-// rwkv/ops/cpu_backend.py with -O3 -march=native -fopenmp-simd (vector pragmas only, no runtime).
+// the caller; ∂λ = ∂d · d is formed here). The (b, h) pairs are independent and split as in parts.h.
+// Compiled by rwkv/ops/cpu_backend.py (-O3 -march=native -fopenmp, falling back to fewer flags).
 
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define PRAGMA(x) _Pragma(#x)
+#include "parts.h"
+
 #define SIMD PRAGMA(omp simd)
 #define SIMD_SUM(x) PRAGMA(omp simd reduction(+ : x))
 #define SIMD_SUM2(x, y) PRAGMA(omp simd reduction(+ : x, y))
@@ -343,19 +343,19 @@ static int backward_avx512_64(int T, int H, int L, const float* r, const float* 
 // snaps: [B*H, ceil(T/L), N, N] or NULL (no backward will follow); snapshot c = state entering token c*L
 // (before that token's reset is applied), in the layout of the implementation that wrote it (both entry
 // points choose by the same test, so a forward and its backward always agree).
-int wkv7_forward(int B, int T, int H, int N, int L, const float* r, const float* d, const float* k,
-                 const float* v, const float* a, const float* b, const float* s0, const uint8_t* reset,
-                 float* y, float* sT, float* snaps, int bh0, int bh1) {
+static int forward_range(int B, int T, int H, int N, int L, const float* r, const float* d, const float* k,
+                         const float* v, const float* a, const float* b, const float* s0, const uint8_t* reset,
+                         float* y, float* sT, float* snaps, int bh0, int bh1) {
 #ifdef HAVE_AVX512_64
   if (N == 64) return forward_avx512_64(T, H, L, r, d, k, v, a, b, s0, reset, y, sT, snaps, bh0, bh1);
 #endif
   return forward_generic(B, T, H, N, L, r, d, k, v, a, b, s0, reset, y, sT, snaps, bh0, bh1);
 }
 
-int wkv7_backward(int B, int T, int H, int N, int L, const float* r, const float* d, const float* k,
-                  const float* v, const float* a, const float* b, const uint8_t* reset, const float* snaps,
-                  const float* dy, const float* dsT, float* dr, float* dw, float* dk, float* dv, float* da,
-                  float* db, float* ds0, int bh0, int bh1) {
+static int backward_range(int B, int T, int H, int N, int L, const float* r, const float* d, const float* k,
+                          const float* v, const float* a, const float* b, const uint8_t* reset,
+                          const float* snaps, const float* dy, const float* dsT, float* dr, float* dw,
+                          float* dk, float* dv, float* da, float* db, float* ds0, int bh0, int bh1) {
 #ifdef HAVE_AVX512_64
   if (N == 64)
     return backward_avx512_64(T, H, L, r, d, k, v, a, b, reset, snaps, dy, dsT, dr, dw, dk, dv, da, db, ds0,
@@ -363,6 +363,34 @@ int wkv7_backward(int B, int T, int H, int N, int L, const float* r, const float
 #endif
   return backward_generic(B, T, H, N, L, r, d, k, v, a, b, reset, snaps, dy, dsT, dr, dw, dk, dv, da, db,
                           ds0, bh0, bh1);
+}
+
+int wkv7_forward(int B, int T, int H, int N, int L, const float* r, const float* d, const float* k,
+                 const float* v, const float* a, const float* b, const float* s0, const uint8_t* reset,
+                 float* y, float* sT, float* snaps, int nparts, int part) {
+  const int64_t BH = (int64_t)B * H;
+  RUN_PARTS(nparts, part,
+            forward_range(B, T, H, N, L, r, d, k, v, a, b, s0, reset, y, sT, snaps,
+                          (int)part_lo(BH, nparts, p), (int)part_lo(BH, nparts, p + 1)));
+}
+
+int wkv7_backward(int B, int T, int H, int N, int L, const float* r, const float* d, const float* k,
+                  const float* v, const float* a, const float* b, const uint8_t* reset, const float* snaps,
+                  const float* dy, const float* dsT, float* dr, float* dw, float* dk, float* dv, float* da,
+                  float* db, float* ds0, int nparts, int part) {
+  const int64_t BH = (int64_t)B * H;
+  RUN_PARTS(nparts, part,
+            backward_range(B, T, H, N, L, r, d, k, v, a, b, reset, snaps, dy, dsT, dr, dw, dk, dv, da, db, ds0,
+                           (int)part_lo(BH, nparts, p), (int)part_lo(BH, nparts, p + 1)));
+}
+
+// 1 when this build runs `part < 0` calls on OpenMP threads, 0 when they would run in sequence.
+int rwkv_cpu_openmp(void) {
+#ifdef _OPENMP
+  return 1;
+#else
+  return 0;
+#endif
 }
 
 // Which implementation serves head size N in this build (for logs and tests): 1 = AVX-512, 0 = portable.

@@ -1,0 +1,46 @@
+"""Token-shift mixes (model-spec §1.3): `x + (z_{t−1} − x) ⊙ m` for several mix vectors m at once.
+
+`token_shift_mix(x, x_prev, reset, mixes)` takes x [B, T, C], the carried previous token x_prev [B, C]
+(z_{−1}), an optional bool reset [B, T] (z_{t−1} = 0 where a document starts) and a sequence of mix
+vectors broadcastable to [C] (the x_r … x_g parameters, [1, 1, C]); it returns one [B, T, C] tensor per
+mix vector. The reference below is the spec's formula in PyTorch; fp32 CPU tensors go through the C
+kernel of rwkv/ops/csrc/mix_cpu.c when it built and passed its self-check (cpu_backend.ready("mix")),
+which reads x once for all mixes and fuses the backward (docs/benchmarks.md, "Training step").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+_FAST_DTYPES = (torch.float32,)
+
+
+def shifted(x: torch.Tensor, x_prev: torch.Tensor, reset: torch.Tensor | None) -> torch.Tensor:
+    """z_{t−1} for every t, with z_{−1} = the carried x_prev; zero context where a document starts."""
+    prev = torch.cat([x_prev.unsqueeze(1).to(x.dtype), x[:, :-1]], dim=1)
+    if reset is not None:
+        prev = prev.masked_fill(reset.unsqueeze(-1), 0.0)
+    return prev
+
+
+def token_shift_mix_reference(x, x_prev, reset, mixes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    xx = shifted(x, x_prev, reset) - x
+    return [x + xx * m for m in mixes]
+
+
+def token_shift_mix(x, x_prev, reset, mixes: Sequence[torch.Tensor], backend: str = "auto") -> list[torch.Tensor]:
+    """The mixes of `x` with its shifted self; `backend` is `auto`, `reference` or `cpu`."""
+    if backend == "reference":
+        return token_shift_mix_reference(x, x_prev, reset, mixes)
+    fast_ok = (x.device.type == "cpu" and x.dtype in _FAST_DTYPES and x_prev.dtype == x.dtype
+               and all(m.dtype == x.dtype and m.numel() == x.shape[-1] for m in mixes))
+    if backend == "cpu" or (backend == "auto" and fast_ok):
+        from . import cpu_backend  # compiles on first use, never at import
+
+        if backend == "cpu" or cpu_backend.ready("mix"):
+            return cpu_backend.token_shift_mix_cpu(x, x_prev, reset, mixes)
+    elif backend != "auto":
+        raise ValueError(f"token_shift_mix: unknown backend {backend!r}; choose auto, reference or cpu")
+    return token_shift_mix_reference(x, x_prev, reset, mixes)
