@@ -8,6 +8,11 @@ measured in the same run with the same thread count. Best of N steps after a war
 
     python bench/train.py                 # L6-D512, ctx 512, micro batch 4, fp32, vocab 65536 and 1024
     python bench/train.py --steps 3 --vocab 1024
+    python bench/train.py --pytorch-kernels   # also the same step with the C CPU kernels switched off
+
+The C CPU kernels (rwkv/ops/cpu_backend.py: WKV-7 and the token-shift mixes) are what the trainer uses
+by default on CPU; `--pytorch-kernels` adds a second measurement of each vocab in the same run with the
+PyTorch implementations (chunked WKV-7, the mix formula), the path taken without a C compiler.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from rwkv.model import RWKVConfig, build_model  # noqa: E402
+from rwkv.ops import cpu_backend  # noqa: E402
 from rwkv.training.cpu_alloc import tune_cpu_allocator  # noqa: E402
 from rwkv.training.loss import head_ce_l2wrap  # noqa: E402
 from rwkv.training.optim import build_optimizer, param_groups  # noqa: E402
@@ -77,21 +83,33 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--bptt", default="truncated")
+    p.add_argument("--pytorch-kernels", action="store_true",
+                   help="also measure each vocab with the C CPU kernels off (PyTorch WKV-7 and mixes)")
     p.add_argument("--default-malloc", action="store_true",
                    help="keep glibc's default allocator settings (the trainer tunes them, cpu_alloc.py)")
     args = p.parse_args()
     tuned = False if args.default_malloc else tune_cpu_allocator()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"allocator {'tuned as in the trainer' if tuned else 'glibc defaults'}")
+    c_ok = cpu_backend.ready("wkv7") and cpu_backend.ready("mix")
+    lib = cpu_backend.library()
+    print(f"C CPU kernels: {'on' if c_ok else 'UNAVAILABLE'}"
+          + (f" ({'OpenMP' if lib.openmp else 'Python threads'})" if lib is not None else ""))
     peak = matmul_flops()
     print(f"fp32 2048^3 matmul: {peak / 1e9:.1f} GFLOP/s")
-    for v in args.vocab:
+    runs = [(v, True) for v in args.vocab]
+    if args.pytorch_kernels:
+        runs = [(v, c) for v in args.vocab for c in (True, False)]
+    saved = dict(cpu_backend._verdicts)
+    for v, use_c in runs:
+        cpu_backend._verdicts.update(saved if use_c else {"wkv7": False, "mix": False})
         r = bench_step(v, args.n_layer, args.n_embd, args.ctx, args.batch, args.steps, args.bptt)
         # conservative: the fastest matmul seen anywhere in the run against the fastest step
         peak_used = max(peak, *r["peaks"])
         mfu = 6 * r["params_no_emb"] * r["tok_s"] / peak_used
         med = statistics.median(r["times"])
-        print(f"L{args.n_layer}-D{args.n_embd} ctx {args.ctx} B{args.batch} vocab {v}: "
+        kernels = "C kernels" if use_c and c_ok else "PyTorch kernels"
+        print(f"L{args.n_layer}-D{args.n_embd} ctx {args.ctx} B{args.batch} vocab {v}, {kernels}: "
               f"{r['params_no_emb'] / 1e6:.1f}M params (no emb), best step {r['best_s']:.2f} s "
               f"({', '.join(f'{t:.2f}' for t in r['times'])}), {r['tok_s']:.0f} tok/s, "
               f"MFU {100 * mfu:.1f}% (median step {med:.2f} s: {100 * mfu * r['best_s'] / med:.1f}%) "

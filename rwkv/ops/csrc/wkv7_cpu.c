@@ -13,8 +13,8 @@
 // for each token. No division by the decay (unlike the official CUDA kernel, spec §3.1), so a reset
 // needs no special path: the recomputation applies it as the forward did.
 //
-// Two implementations with one interface: portable C for any N (the compiler vectorises the `omp simd`
-// loops), and AVX-512 intrinsics for N = 64 (every official RWKV-7 head) when the compiler targets
+// The span L is the caller's (rwkv/ops/cpu_backend.py SPAN, 32). Two implementations with one interface:
+// portable C for any N (the compiler vectorises the `omp simd` loops), and AVX-512 intrinsics for N = 64 (every official RWKV-7 head) when the compiler targets
 // it. The AVX-512 forward keeps the state transposed (key-major, vectors over the value index), so
 // neither S a nor S r needs a horizontal sum; its backward works value-major like the portable one,
 // where only ∂v and ∂sa are row sums. Measured single-threaded at B=4, T=512, H=8 (machine B of
