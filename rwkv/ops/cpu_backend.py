@@ -86,8 +86,18 @@ def _cpu_flags() -> str:
 
 
 def cache_dir() -> Path:
+    """$RWKV_CPU_EXTENSIONS_DIR, else ~/.cache/rwkv-infctx/cpu, else (no writable home) a per-user temp dir."""
     env = os.environ.get("RWKV_CPU_EXTENSIONS_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "rwkv-infctx" / "cpu"
+    if env:
+        return Path(env)
+    home = Path.home() / ".cache" / "rwkv-infctx" / "cpu"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        if os.access(home, os.W_OK):
+            return home
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"rwkv-infctx-cpu-{os.getuid() if hasattr(os, 'getuid') else 0}"
 
 
 def _compile(cc: str, flags: list[str], out: Path) -> None:

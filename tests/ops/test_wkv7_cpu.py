@@ -209,3 +209,18 @@ def test_build_without_openmp_uses_python_threads_and_agrees(lib, monkeypatch, t
         torch.set_num_threads(n)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(p, q) for p, q in zip(ma, mb))
+
+
+def test_cache_dir_falls_back_when_home_is_not_writable(monkeypatch, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o500)  # no write permission: ~/.cache cannot be created
+    monkeypatch.delenv("RWKV_CPU_EXTENSIONS_DIR", raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(lambda: home))
+    try:
+        if os.access(home, os.W_OK):  # root ignores permission bits: make creation fail another way
+            (home / ".cache").write_text("a file where the directory should be")
+        got = cpu_backend.cache_dir()
+    finally:
+        home.chmod(0o700)
+    assert not str(got).startswith(str(home)) and "rwkv-infctx-cpu" in got.name
