@@ -8,11 +8,11 @@ the state is a value (see rwkv.model.state) and is never modified in place.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import wkv7
+from ..ops.keys import wkv7_keys
 from ..ops.mix import token_shift_mix
 from .config import RWKVConfig
 
@@ -87,12 +87,13 @@ class TimeMix(nn.Module):
             v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
         a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
         g = torch.sigmoid(xg @ self.g1) @ self.g2
-        kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1, p=2.0, eps=1e-12)
-        k = k * (1 + (a - 1) * self.k_a)
+        # kk = normalize(k ⊙ k_k) per head, k ⊙ (1 + (a − 1) ⊙ k_a), and the kernel's a = −kk, b = kk ⊙ a
+        # (spec §1.3; one fused pass on CPU, rwkv/ops/keys.py)
+        k, a_in, b_in = wkv7_keys(k, a, self.k_k, self.k_a, H)
 
         shape = (B, T, H, N)
-        y, S = wkv7(r.view(shape), w.view(shape), k.view(shape), v.view(shape), -kk,
-                    kk * a.view(shape), state=S, reset=reset)
+        y, S = wkv7(r.view(shape), w.view(shape), k.view(shape), v.view(shape), a_in.view(shape),
+                    b_in.view(shape), state=S, reset=reset)
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, C)
         bonus = (r.view(shape) * k.view(shape) * self.r_k).sum(-1, keepdim=True) * v.view(shape)
         out = self.output((y + bonus.view(B, T, C)) * g)

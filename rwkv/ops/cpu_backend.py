@@ -1,5 +1,5 @@
 """CPU kernels in C: the `cpu` WKV-7 backend (rwkv/ops/csrc/wkv7_cpu.c) and the fused token-shift
-mixes (rwkv/ops/csrc/mix_cpu.c), fp32.
+mixes (rwkv/ops/csrc/mix_cpu.c) and key preparation (rwkv/ops/csrc/kk_cpu.c), fp32.
 
 Why: on the 2-core machines here the chunked PyTorch WKV-7 (spec §3.4) spends ~80 ms per layer of a
 L6-D512 training step in small batched matmuls and elementwise temporaries; the recurrence with the
@@ -44,7 +44,7 @@ from .common import zero_state
 log = logging.getLogger("rwkv.ops")
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = [CSRC / name for name in ("wkv7_cpu.c", "mix_cpu.c")]
+SOURCES = [CSRC / name for name in ("wkv7_cpu.c", "mix_cpu.c", "kk_cpu.c")]
 HEADERS = [CSRC / "parts.h"]
 # -fopenmp-simd: honour the `omp simd` pragmas (vectorised loops and reductions); -ffp-contract=fast: FMAs.
 CFLAGS = ["-O3", "-std=c11", "-fPIC", "-shared", "-fopenmp-simd", "-ffp-contract=fast"]
@@ -59,7 +59,7 @@ FLAG_SETS = [CFLAGS + ["-march=native", "-fopenmp"], CFLAGS + ["-march=native"],
 SPAN = 32
 # Self-check tolerances: max |C − fp64 reference| / max |reference| per tensor; fp32 rounding (the C
 # kernels measured ~3e-7 on these inputs)
-SELF_CHECK_TOL = {"wkv7": 1e-4, "mix": 1e-5}
+SELF_CHECK_TOL = {"wkv7": 1e-4, "mix": 1e-5, "keys": 1e-5}
 
 _lock = threading.Lock()
 _lib = None  # the loaded library, or the exception that made the build fail
@@ -133,7 +133,8 @@ def _build():
         except (RuntimeError, OSError) as e:
             errors.append(str(e))
             continue
-        for name in ("wkv7_forward", "wkv7_backward", "mix_forward", "mix_backward", "rwkv_cpu_openmp"):
+        for name in ("wkv7_forward", "wkv7_backward", "mix_forward", "mix_backward", "kk_forward", "kk_backward",
+                     "rwkv_cpu_openmp"):
             getattr(lib, name).restype = ctypes.c_int
         lib.openmp = bool(lib.rwkv_cpu_openmp())
         log.debug("C CPU kernels: %s (%s)", out, " ".join(flags))
@@ -298,6 +299,48 @@ def token_shift_mix_cpu(x, x_prev, reset, mixes):
     return token_shift_mix_with(lib, x, x_prev, reset, mixes)
 
 
+# ------------------------------------------------------------------------------------- key preparation
+class _KeysCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, n_head, k, a, k_k, k_a):
+        B, T, C = k.shape
+        outs = [torch.empty_like(k) for _ in range(3)]
+        _run_parts(lib, lib.kk_forward, B * T, [B, T, n_head, C // n_head, *map(_ptr, (k, a, k_k, k_a, *outs))])
+        ctx.lib, ctx.n_head = lib, n_head
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(k, a, k_k, k_a)
+        return tuple(outs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_k, g_a, g_b):
+        k, a, k_k, k_a = ctx.saved_tensors
+        B, T, C = k.shape
+        gs = [None if g is None else g.to(torch.float32).contiguous() for g in (g_k, g_a, g_b)]
+        gk, ga = torch.empty_like(k), torch.empty_like(a)
+        n = n_parts(B * T)
+        g_kk, g_ka = k.new_empty(n, C), k.new_empty(n, C)  # per-part partial sums, added below in order
+        _run_parts(ctx.lib, ctx.lib.kk_backward, B * T,
+                   [B, T, ctx.n_head, C // ctx.n_head, *map(_ptr, (k, a, k_k, k_a, *gs, gk, ga, g_kk, g_ka))])
+        return None, None, gk, ga, g_kk.sum(0).view_as(k_k), g_ka.sum(0).view_as(k_a)
+
+
+def wkv7_keys_with(lib, k, a, k_k, k_a, n_head):
+    """rwkv.ops.keys.wkv7_keys through the loaded library, in fp32 (casts are autograd ops)."""
+    dt = k.dtype
+    k32, a32, kk32, ka32 = (t.to(torch.float32).contiguous() for t in (k, a, k_k, k_a))
+    return [o.to(dt) for o in _KeysCPU.apply(lib, n_head, k32, a32, kk32, ka32)]
+
+
+def wkv7_keys_cpu(k, a, k_k, k_a, n_head):
+    if k.device.type != "cpu":
+        raise ValueError(f"wkv7_keys: backend='cpu' needs CPU tensors, got {k.device}")
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"wkv7_keys: backend='cpu' requested but the C kernels are unavailable: {_lib}")
+    return wkv7_keys_with(lib, k, a, k_k, k_a, n_head)
+
+
 # ------------------------------------------------------------------------------------------ self-check
 def _rel_errors(got: dict, ref: dict) -> dict:
     return {n: ((got[n].double() - ref[n]).abs().max() / ref[n].abs().max().clamp_min(1e-30)).item() for n in ref}
@@ -308,6 +351,8 @@ def self_check(lib, op: str = "wkv7") -> tuple[bool, str]:
     is not a multiple of SPAN, head size 64 as the models use, against chunked)."""
     if op == "mix":
         return _self_check_mix(lib)
+    if op == "keys":
+        return _self_check_keys(lib)
     from .wkv7_chunked import wkv7_chunked
 
     g = torch.Generator().manual_seed(1234)
@@ -361,8 +406,32 @@ def _self_check_mix(lib) -> tuple[bool, str]:
     return _verdict_of(got, ref, SELF_CHECK_TOL["mix"])
 
 
+def _self_check_keys(lib) -> tuple[bool, str]:
+    from .keys import wkv7_keys_reference
+
+    g = torch.Generator().manual_seed(2468)
+    B, T, H, N = 2, 5, 3, 16
+    shapes = ((B, T, H * N), (B, T, H * N), (1, 1, H * N), (1, 1, H * N))
+    k, a, k_k, k_a = (torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes)
+    a = torch.sigmoid(a)
+    k[0, 1, :N] = 0.0  # a head whose normalised key is 0/eps: the clamp's branch
+    gy = torch.randn(3, B, T, H * N, generator=g, dtype=torch.float64)
+
+    def run(fn, dtype):
+        leaves = [t.to(dtype).clone().requires_grad_() for t in (k, a, k_k, k_a)]
+        outs = fn(*leaves, H)
+        torch.autograd.backward(outs, list(gy.to(dtype)))
+        return {"out": torch.stack(outs), **{f"d{n}": t.grad for n, t in zip(("k", "a", "k_k", "k_a"), leaves)}}
+
+    with torch.enable_grad():
+        got = run(lambda *t: wkv7_keys_with(lib, *t), torch.float32)
+        ref = run(wkv7_keys_reference, torch.float64)
+    return _verdict_of(got, ref, SELF_CHECK_TOL["keys"])
+
+
 def ready(op: str = "wkv7") -> bool:
-    """True when the library is built and `op` ("wkv7" or "mix") passed its self-check (once per process)."""
+    """True when the library is built and `op` ("wkv7", "mix" or "keys") passed its self-check (once per
+    process)."""
     if op not in _verdicts:
         lib = library()
         if lib is None:
