@@ -28,3 +28,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def lib():
+    """The C CPU kernels' library (rwkv/ops/cpu_backend.py); its tests fail, not skip, when it does not build:
+    the machines here have a C compiler, and the trainer's CPU speed depends on it."""
+    from rwkv.ops import cpu_backend
+
+    lib = cpu_backend.library()
+    assert lib is not None, f"the C kernels did not build: {cpu_backend._lib}"
+    return lib

@@ -17,13 +17,6 @@ from rwkv.ops.keys import wkv7_keys, wkv7_keys_reference
 TOL = 1e-6
 
 
-@pytest.fixture(scope="module")
-def lib():
-    lib = cpu_backend.library()
-    assert lib is not None, f"the C kernels did not build: {cpu_backend._lib}"
-    return lib
-
-
 def _case(B, T, H, N, seed=0):
     g = torch.Generator().manual_seed(seed)
     rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)

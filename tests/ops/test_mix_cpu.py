@@ -17,13 +17,6 @@ from rwkv.ops.mix import token_shift_mix, token_shift_mix_reference
 TOL = 1e-6
 
 
-@pytest.fixture(scope="module")
-def lib():
-    lib = cpu_backend.library()
-    assert lib is not None, f"the C kernels did not build: {cpu_backend._lib}"
-    return lib
-
-
 def _case(B, T, C, K, seed=0):
     g = torch.Generator().manual_seed(seed)
     rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)

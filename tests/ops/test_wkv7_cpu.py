@@ -29,13 +29,6 @@ L = cpu_backend.SPAN
 T_CASES = [1, L - 1, L, L + 1, 3 * L + 5, 100]
 
 
-@pytest.fixture(scope="module")
-def lib():
-    lib = cpu_backend.library()
-    assert lib is not None, f"the C kernel did not build: {cpu_backend._lib}"
-    return lib
-
-
 def _state(B, H, N, seed=3):
     return 0.5 * torch.randn(B, H, N, N, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
