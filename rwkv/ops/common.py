@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -40,3 +42,31 @@ def pad_time(x: torch.Tensor, T_pad: int, value: float = 0.0) -> torch.Tensor:
         return x
     pad = [0, 0] * (x.dim() - 2) + [0, T_pad - T]
     return F.pad(x, pad, value=value)
+
+
+def check_log_decay(op: str, w: torch.Tensor, lower: float | None = None, hint: str = "") -> None:
+    """Refuse a log-decay λ that is not finite, above 0 or (with `lower`) below `lower`, naming what to pass.
+    One min/max pass on CPU; skipped for CUDA tensors, where it would sync the device on every call."""
+    if w.is_cuda:
+        return
+    lo, hi = (float(t) for t in torch.aminmax(w.detach()))
+    if math.isfinite(lo) and hi <= 0 and (lower is None or lo >= lower):  # NaN fails every comparison
+        return
+    allowed = f"lie in [{lower}, 0]" if lower is not None else "be finite and <= 0"
+    raise ValueError(f"{op}: log-decay w must {allowed} (RWKV-7 clamps it to (-0.6066, 0), model-spec §1.3); "
+                     f"got min {lo:.4g}, max {hi:.4g}. Pass the log-decay λ, not the raw ω or the decay "
+                     f"exp(λ){hint}.")
+
+
+def cpu_or_reference(op: str, kernel: str, backend: str, fast_ok: bool) -> str:
+    """The backend of a fused elementwise op (`auto` | `reference` | `cpu`) as "cpu" or "reference": `auto`
+    takes the C kernel `kernel` only for inputs it handles (`fast_ok`) and once it passed its self-check."""
+    if backend not in ("auto", "reference", "cpu"):
+        raise ValueError(f"{op}: unknown backend {backend!r}; choose auto, reference or cpu")
+    if backend != "auto":
+        return backend
+    if not fast_ok:
+        return "reference"
+    from . import cpu_backend  # compiles on first use, never at import
+
+    return "cpu" if cpu_backend.ready(kernel) else "reference"

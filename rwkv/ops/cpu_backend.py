@@ -28,7 +28,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
-import math
 import os
 import platform
 import subprocess
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from .common import zero_state
+from .common import check_log_decay, zero_state
 
 log = logging.getLogger("rwkv.ops")
 
@@ -116,15 +115,16 @@ def _compile(cc: str, flags: list[str], out: Path) -> None:
 
 def _build():
     cc = os.environ.get("CC", "cc")
-    src = b"\0".join(p.read_bytes() for p in SOURCES + HEADERS)
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    except OSError as e:
+        raise RuntimeError(f"no C compiler ({cc}): {e}") from e
+    # everything that decides the binary: sources, compiler, CPU (for -march=native); the flags come per set
+    ident = b"\0".join([*(p.read_bytes() for p in SOURCES + HEADERS), version.encode(), _cpu_flags().encode(),
+                        platform.machine().encode()])
     errors = []
     for flags in FLAG_SETS:
-        try:
-            version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-        except OSError as e:
-            raise RuntimeError(f"no C compiler ({cc}): {e}") from e
-        key = hashlib.sha256(b"\0".join([src, " ".join(flags).encode(), version.encode(),
-                                         _cpu_flags().encode(), platform.machine().encode()])).hexdigest()
+        key = hashlib.sha256(ident + b"\0" + " ".join(flags).encode()).hexdigest()
         out = cache_dir() / f"rwkv_cpu_{key[:16]}.so"
         try:
             if not out.exists():
@@ -158,6 +158,17 @@ def library():
     return _lib
 
 
+def _require(op: str, device) -> ctypes.CDLL:
+    """The library for an explicit backend='cpu' call, or a clear error (wrong device, no library)."""
+    if device.type != "cpu":
+        raise ValueError(f"{op}: backend='cpu' needs CPU tensors, got {device}; use backend='auto'")
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"{op}: backend='cpu' requested but the kernel is unavailable (the C kernels "
+                           f"did not build: {_lib}). Use backend='auto'.")
+    return lib
+
+
 # ---------------------------------------------------------------------------------------------- call
 def _ptr(t):
     return ctypes.c_void_p(t.data_ptr()) if t is not None else None
@@ -182,12 +193,6 @@ def _run_parts(lib, fn, total, args):
         codes = [f.result() for f in [pool.submit(fn, *args, n, p) for p in range(n)]]
     if any(codes):
         raise MemoryError("rwkv C kernel: out of memory for its work buffers")
-    return n
-
-
-def _dims(r, span):
-    B, T, H, N = r.shape
-    return [ctypes.c_int(x) for x in (B, T, H, N, span)]
 
 
 class _WKV7CPU(torch.autograd.Function):
@@ -199,7 +204,7 @@ class _WKV7CPU(torch.autograd.Function):
         span = SPAN  # read once: the backward must use the forward's snapshot interval
         snaps = r.new_empty(B, H, -(-T // span), N, N) if need_grad else None
         _run_parts(lib, lib.wkv7_forward, B * H,
-                   [*_dims(r, span), *map(_ptr, (r, d, k, v, a, b, s0, reset, y, sT, snaps))])
+                   [B, T, H, N, span, *map(_ptr, (r, d, k, v, a, b, s0, reset, y, sT, snaps))])
         if need_grad:
             ctx.lib, ctx.span = lib, span
             ctx.save_for_backward(r, d, k, v, a, b, reset, snaps)
@@ -210,12 +215,11 @@ class _WKV7CPU(torch.autograd.Function):
     def backward(ctx, dy, dsT):
         r, d, k, v, a, b, reset, snaps = ctx.saved_tensors
         B, T, H, N = r.shape
-        dy = torch.zeros_like(r) if dy is None else dy.to(torch.float32).contiguous()
-        dsT = (r.new_zeros(B, H, N, N) if dsT is None else dsT.to(torch.float32).contiguous())
+        dy, dsT = (g.to(torch.float32).contiguous() for g in (dy, dsT))  # materialised: never None here
         grads = [torch.empty_like(r) for _ in range(6)]
         ds0 = torch.empty_like(dsT)
         _run_parts(ctx.lib, ctx.lib.wkv7_backward, B * H,
-                   [*_dims(r, ctx.span), *map(_ptr, (r, d, k, v, a, b, reset, snaps, dy, dsT, *grads, ds0))])
+                   [B, T, H, N, ctx.span, *map(_ptr, (r, d, k, v, a, b, reset, snaps, dy, dsT, *grads, ds0))])
         dr, dw, dk, dv, da, db = grads
         return None, None, dr, dw, dk, dv, da, db, ds0, None
 
@@ -234,17 +238,8 @@ def wkv7_with(lib, r, w, k, v, a, b, state=None, reset=None):
 
 def wkv7_cpu(r, w, k, v, a, b, state=None, reset=None, **kw):
     """`rwkv.ops.wkv7` with backend='cpu' (CPU tensors; fp64 inputs are computed in fp32 here)."""
-    if r.device.type != "cpu":
-        raise ValueError(f"wkv7: backend='cpu' needs CPU tensors, got {r.device}; use backend='auto'")
-    hi = float(w.detach().max())
-    if not hi <= 0 or not math.isfinite(float(w.detach().min())):  # one cheap pass; catches NaN too
-        raise ValueError(f"wkv7 cpu: log-decay w must be finite and <= 0 (RWKV-7 clamps it to (-0.6066, 0), "
-                         f"model-spec §1.3); got max {hi:.4g}, min {float(w.detach().min()):.4g}. Pass the "
-                         "log-decay λ, not the raw ω or the decay exp(λ).")
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"wkv7: backend='cpu' requested but the kernel is unavailable: {_lib}. "
-                           "Use backend='auto' or 'chunked'.")
+    lib = _require("wkv7", r.device)
+    check_log_decay("wkv7 cpu", w)  # the recurrence holds for any λ ≤ 0; refuse NaN, ω or exp(λ)
     return wkv7_with(lib, r, w, k, v, a, b, state=state, reset=reset)
 
 
@@ -291,12 +286,7 @@ def token_shift_mix_with(lib, x, x_prev, reset, mixes):
 
 
 def token_shift_mix_cpu(x, x_prev, reset, mixes):
-    if x.device.type != "cpu":
-        raise ValueError(f"token_shift_mix: backend='cpu' needs CPU tensors, got {x.device}")
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"token_shift_mix: backend='cpu' requested but the C kernels are unavailable: {_lib}")
-    return token_shift_mix_with(lib, x, x_prev, reset, mixes)
+    return token_shift_mix_with(_require("token_shift_mix", x.device), x, x_prev, reset, mixes)
 
 
 # ------------------------------------------------------------------------------------- key preparation
@@ -333,100 +323,66 @@ def wkv7_keys_with(lib, k, a, k_k, k_a, n_head):
 
 
 def wkv7_keys_cpu(k, a, k_k, k_a, n_head):
-    if k.device.type != "cpu":
-        raise ValueError(f"wkv7_keys: backend='cpu' needs CPU tensors, got {k.device}")
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"wkv7_keys: backend='cpu' requested but the C kernels are unavailable: {_lib}")
-    return wkv7_keys_with(lib, k, a, k_k, k_a, n_head)
+    return wkv7_keys_with(_require("wkv7_keys", k.device), k, a, k_k, k_a, n_head)
 
 
 # ------------------------------------------------------------------------------------------ self-check
-def _rel_errors(got: dict, ref: dict) -> dict:
-    return {n: ((got[n].double() - ref[n]).abs().max() / ref[n].abs().max().clamp_min(1e-30)).item() for n in ref}
-
-
-def self_check(lib, op: str = "wkv7") -> tuple[bool, str]:
-    """Outputs and every gradient on a small case with resets against the fp64 reference (wkv7: a T that
-    is not a multiple of SPAN, head size 64 as the models use, against chunked)."""
-    if op == "mix":
-        return _self_check_mix(lib)
-    if op == "keys":
-        return _self_check_keys(lib)
-    from .wkv7_chunked import wkv7_chunked
-
-    g = torch.Generator().manual_seed(1234)
-    B, T, H, N = 2, 2 * SPAN + 5, 2, 64
-    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
-    kappa = torch.nn.functional.normalize(rnd(B, T, H, N), dim=-1)
-    x = dict(r=rnd(B, T, H, N), w=-0.6065 * torch.sigmoid(2 * rnd(B, T, H, N)), k=rnd(B, T, H, N),
-             v=rnd(B, T, H, N), a=-kappa, b=kappa * torch.rand(B, T, H, N, generator=g, dtype=torch.float64))
-    s0 = 0.3 * rnd(B, H, N, N)
-    reset = torch.zeros(B, T, dtype=torch.bool)
-    reset[0, SPAN + 3] = reset[1, SPAN] = True
-    dy, dS = rnd(B, T, H, N), rnd(B, H, N, N)
+def _compare(kernel_fn, reference_fn, inputs: dict, upstream: list, out_names: tuple, tol: float):
+    """Run fn(leaves) -> outputs in fp32 (the C kernel) and fp64 (the reference) on the same values, back-
+    propagate `upstream`, and judge max |C − ref| / max |ref| for every output and input gradient."""
 
     def run(fn, dtype):
-        leaves = {n: t.to(dtype).clone().requires_grad_() for n, t in {**x, "s0": s0}.items()}
-        y, S = fn(*(leaves[n] for n in "rwkvab"), state=leaves["s0"], reset=reset)
-        torch.autograd.backward([y, S], [dy.to(dtype), dS.to(dtype)])
-        return {"y": y, "S": S, **{f"d{n}": t.grad for n, t in leaves.items()}}
+        leaves = {n: t.to(dtype).clone().requires_grad_() for n, t in inputs.items()}
+        outs = fn(leaves)
+        torch.autograd.backward(list(outs), [u.to(dtype) for u in upstream])
+        return {**dict(zip(out_names, outs)), **{f"d{n}": t.grad for n, t in leaves.items()}}
 
     with torch.enable_grad():
-        got = run(lambda *t, **kw: wkv7_with(lib, *t, **kw), torch.float32)
-        ref = run(wkv7_chunked, torch.float64)
-    return _verdict_of(got, ref, SELF_CHECK_TOL["wkv7"])
-
-
-def _verdict_of(got: dict, ref: dict, tol: float) -> tuple[bool, str]:
-    errs = _rel_errors(got, ref)
+        got, ref = run(kernel_fn, torch.float32), run(reference_fn, torch.float64)
+    errs = {n: ((got[n].double() - ref[n]).abs().max() / ref[n].abs().max().clamp_min(1e-30)).item() for n in ref}
     ok = all(bool(torch.isfinite(t).all()) for t in got.values()) and max(errs.values()) <= tol
     return ok, ", ".join(f"{n} {e:.1e}" for n, e in errs.items())
 
 
-def _self_check_mix(lib) -> tuple[bool, str]:
-    from .mix import token_shift_mix_reference
+def self_check(lib, op: str = "wkv7") -> tuple[bool, str]:
+    """Outputs and every gradient on a small case with resets against the fp64 reference: wkv7 (a T that is
+    not a multiple of SPAN, head size 64 as the models use) against chunked, the mixes and the key
+    preparation against their formulas (rwkv.ops.mix, rwkv.ops.keys)."""
+    g = torch.Generator().manual_seed(1234)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    if op == "wkv7":
+        from .wkv7_chunked import wkv7_chunked
 
-    g = torch.Generator().manual_seed(4321)
-    B, T, C, K = 3, 7, 40, 3
-    x, x_prev, m = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((B, T, C), (B, C), (K, 1, 1, C)))
-    reset = torch.zeros(B, T, dtype=torch.bool)
-    reset[0, 0] = reset[1, 3] = reset[2, T - 1] = True
-    gy = torch.randn(K, B, T, C, generator=g, dtype=torch.float64)
+        B, T, H, N = 2, 2 * SPAN + 5, 2, 64
+        kappa = torch.nn.functional.normalize(rnd(B, T, H, N), dim=-1)
+        x = dict(r=rnd(B, T, H, N), w=-0.6065 * torch.sigmoid(2 * rnd(B, T, H, N)), k=rnd(B, T, H, N),
+                 v=rnd(B, T, H, N), a=-kappa, b=kappa * torch.rand(B, T, H, N, generator=g, dtype=torch.float64),
+                 s0=0.3 * rnd(B, H, N, N))
+        reset = torch.zeros(B, T, dtype=torch.bool)
+        reset[0, SPAN + 3] = reset[1, SPAN] = True
+        call = lambda fn: lambda t: fn(*(t[n] for n in "rwkvab"), state=t["s0"], reset=reset)
+        return _compare(call(lambda *a, **kw: wkv7_with(lib, *a, **kw)), call(wkv7_chunked), x,
+                        [rnd(B, T, H, N), rnd(B, H, N, N)], ("y", "S"), SELF_CHECK_TOL["wkv7"])
+    if op == "mix":
+        from .mix import token_shift_mix_reference
 
-    def run(fn, dtype):
-        leaves = [t.to(dtype).clone().requires_grad_() for t in (x, x_prev, m)]
-        outs = fn(leaves[0], leaves[1], reset, list(leaves[2]))
-        torch.autograd.backward(outs, list(gy.to(dtype)))
-        return {"out": torch.stack(outs), **{n: t.grad for n, t in zip(("dx", "dx_prev", "dm"), leaves)}}
+        B, T, C, K = 3, 7, 40, 3
+        x = dict(x=rnd(B, T, C), x_prev=rnd(B, C), m=rnd(K, 1, 1, C))
+        reset = torch.zeros(B, T, dtype=torch.bool)
+        reset[0, 0] = reset[1, 3] = reset[2, T - 1] = True
+        call = lambda fn: lambda t: fn(t["x"], t["x_prev"], reset, list(t["m"]))
+        return _compare(call(lambda *a: token_shift_mix_with(lib, *a)), call(token_shift_mix_reference), x,
+                        list(rnd(K, B, T, C)), tuple(f"out{i}" for i in range(K)), SELF_CHECK_TOL["mix"])
+    if op == "keys":
+        from .keys import wkv7_keys_reference
 
-    with torch.enable_grad():
-        got = run(lambda *a: token_shift_mix_with(lib, *a), torch.float32)
-        ref = run(token_shift_mix_reference, torch.float64)
-    return _verdict_of(got, ref, SELF_CHECK_TOL["mix"])
-
-
-def _self_check_keys(lib) -> tuple[bool, str]:
-    from .keys import wkv7_keys_reference
-
-    g = torch.Generator().manual_seed(2468)
-    B, T, H, N = 2, 5, 3, 16
-    shapes = ((B, T, H * N), (B, T, H * N), (1, 1, H * N), (1, 1, H * N))
-    k, a, k_k, k_a = (torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes)
-    a = torch.sigmoid(a)
-    k[0, 1, :N] = 0.0  # a head whose normalised key is 0/eps: the clamp's branch
-    gy = torch.randn(3, B, T, H * N, generator=g, dtype=torch.float64)
-
-    def run(fn, dtype):
-        leaves = [t.to(dtype).clone().requires_grad_() for t in (k, a, k_k, k_a)]
-        outs = fn(*leaves, H)
-        torch.autograd.backward(outs, list(gy.to(dtype)))
-        return {"out": torch.stack(outs), **{f"d{n}": t.grad for n, t in zip(("k", "a", "k_k", "k_a"), leaves)}}
-
-    with torch.enable_grad():
-        got = run(lambda *t: wkv7_keys_with(lib, *t), torch.float32)
-        ref = run(wkv7_keys_reference, torch.float64)
-    return _verdict_of(got, ref, SELF_CHECK_TOL["keys"])
+        B, T, H, N = 2, 5, 3, 16
+        x = dict(k=rnd(B, T, H * N), a=torch.sigmoid(rnd(B, T, H * N)), k_k=rnd(1, 1, H * N), k_a=rnd(1, 1, H * N))
+        x["k"][0, 1, :N] = 0.0  # a head whose k ⊙ k_k is 0: the eps clamp's branch
+        call = lambda fn: lambda t: fn(t["k"], t["a"], t["k_k"], t["k_a"], H)
+        return _compare(call(lambda *a: wkv7_keys_with(lib, *a)), call(wkv7_keys_reference), x,
+                        list(rnd(3, B, T, H * N)), ("k", "a_in", "b_in"), SELF_CHECK_TOL["keys"])
+    raise ValueError(f"self_check: unknown op {op!r}; choose wkv7, mix or keys")
 
 
 def ready(op: str = "wkv7") -> bool:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .common import cpu_or_reference
+
 NORM_EPS = 1e-12  # F.normalize's default, as the official model
 
 
@@ -23,19 +25,10 @@ def wkv7_keys_reference(k, a, k_k, k_a, n_head: int):
 
 def wkv7_keys(k, a, k_k, k_a, n_head: int, backend: str = "auto"):
     """See the module docstring; `backend` is `auto`, `reference` or `cpu`."""
-    if backend not in ("auto", "reference", "cpu"):
-        raise ValueError(f"wkv7_keys: unknown backend {backend!r}; choose auto, reference or cpu")
-    if backend == "auto":
-        fast_ok = (k.device.type == "cpu" and all(t.dtype == torch.float32 for t in (k, a, k_k, k_a))
-                   and a.shape == k.shape and k_k.numel() == k_a.numel() == k.shape[-1])
-        if fast_ok:
-            from . import cpu_backend  # compiles on first use, never at import
+    fast_ok = (k.device.type == "cpu" and all(t.dtype == torch.float32 for t in (k, a, k_k, k_a))
+               and a.shape == k.shape and k_k.numel() == k_a.numel() == k.shape[-1])
+    if cpu_or_reference("wkv7_keys", "keys", backend, fast_ok) == "cpu":
+        from . import cpu_backend
 
-            backend = "cpu" if cpu_backend.ready("keys") else "reference"
-        else:
-            backend = "reference"
-    if backend == "reference":
-        return wkv7_keys_reference(k, a, k_k, k_a, n_head)
-    from . import cpu_backend
-
-    return cpu_backend.wkv7_keys_cpu(k, a, k_k, k_a, n_head)
+        return cpu_backend.wkv7_keys_cpu(k, a, k_k, k_a, n_head)
+    return wkv7_keys_reference(k, a, k_k, k_a, n_head)

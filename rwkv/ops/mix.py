@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-_FAST_DTYPES = (torch.float32,)
+from .common import cpu_or_reference
 
 
 def shifted(x: torch.Tensor, x_prev: torch.Tensor, reset: torch.Tensor | None) -> torch.Tensor:
@@ -32,15 +32,10 @@ def token_shift_mix_reference(x, x_prev, reset, mixes: Sequence[torch.Tensor]) -
 
 def token_shift_mix(x, x_prev, reset, mixes: Sequence[torch.Tensor], backend: str = "auto") -> list[torch.Tensor]:
     """The mixes of `x` with its shifted self; `backend` is `auto`, `reference` or `cpu`."""
-    if backend == "reference":
-        return token_shift_mix_reference(x, x_prev, reset, mixes)
-    fast_ok = (x.device.type == "cpu" and x.dtype in _FAST_DTYPES and x_prev.dtype == x.dtype
+    fast_ok = (x.device.type == "cpu" and x.dtype == torch.float32 and x_prev.dtype == x.dtype
                and all(m.dtype == x.dtype and m.numel() == x.shape[-1] for m in mixes))
-    if backend == "cpu" or (backend == "auto" and fast_ok):
-        from . import cpu_backend  # compiles on first use, never at import
+    if cpu_or_reference("token_shift_mix", "mix", backend, fast_ok) == "cpu":
+        from . import cpu_backend
 
-        if backend == "cpu" or cpu_backend.ready("mix"):
-            return cpu_backend.token_shift_mix_cpu(x, x_prev, reset, mixes)
-    elif backend != "auto":
-        raise ValueError(f"token_shift_mix: unknown backend {backend!r}; choose auto, reference or cpu")
+        return cpu_backend.token_shift_mix_cpu(x, x_prev, reset, mixes)
     return token_shift_mix_reference(x, x_prev, reset, mixes)

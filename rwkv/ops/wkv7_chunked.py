@@ -28,11 +28,9 @@ block runs with plain autograd.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .common import compute_dtype, pad_time, zero_state
+from .common import check_log_decay, compute_dtype, pad_time, zero_state
 
 # RWKV-7's decay clamp gives λ = −e^{−1/2}·σ(ω) ∈ (−0.6066, 0) (spec §1.3). The factorised form below
 # multiplies e^{±(G − G_ref)} factors; they stay finite in fp32 while c·|λ| < ~88. We accept a margin
@@ -221,13 +219,7 @@ def wkv7_chunked(r, w, k, v, a, b, state=None, reset=None, chunk_size: int | Non
     """Chunked WKV-7. See `rwkv.ops.wkv7` for the contract; returns (y in compute dtype, final state)."""
     B, T, H, N = r.shape
     dt = compute_dtype(r)
-    if not w.is_cuda:  # a device sync on GPU; on CPU the check is one cheap pass
-        lo = float(w.detach().min())
-        if not math.isfinite(lo) or lo < -MAX_ABS_LOG_DECAY or float(w.detach().max()) > 0:
-            raise ValueError(
-                f"wkv7 chunked: log-decay w must lie in [-{MAX_ABS_LOG_DECAY}, 0] (RWKV-7 clamps it to "
-                f"(-0.6066, 0), model-spec §1.3); got min {lo:.4g}, max {float(w.detach().max()):.4g}. "
-                "Pass the log-decay λ, not the raw ω or the decay exp(λ); or use backend='reference'.")
+    check_log_decay("wkv7 chunked", w, -MAX_ABS_LOG_DECAY, hint="; or use backend='reference'")
     c = min(chunk_size or DEFAULT_CHUNK, T)
     T_pad = -(-T // c) * c
     seq = [pad_time(x.to(dt), T_pad) for x in (r, w, k, v, a, b)]

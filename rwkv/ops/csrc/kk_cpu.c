@@ -13,9 +13,6 @@
 
 #include "parts.h"
 
-#define SIMD PRAGMA(omp simd)
-#define SIMD_SUM(x) PRAGMA(omp simd reduction(+ : x))
-
 static const float NORM_EPS = 1e-12f;
 
 // kk for one head: u = k ⊙ k_k, kk = u / max(‖u‖, eps); returns the clamped norm

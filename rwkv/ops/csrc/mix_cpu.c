@@ -16,8 +16,6 @@
 
 #include "parts.h"
 
-#define SIMD PRAGMA(omp simd)
-
 static inline int starts_doc(const uint8_t* reset, int64_t row) { return reset != NULL && reset[row]; }
 
 // z_{t−1} for row (b, t): the previous row, x_prev[b] at t = 0, or NULL for zero (a reset)

@@ -1,4 +1,4 @@
-// Work splitting shared by the C kernels: an op's independent units (the (b, h) pairs of WKV-7, the
+// Shared by the C kernels: the vector-loop pragmas, and work splitting: an op's independent units (the (b, h) pairs of WKV-7, the
 // (b, t) rows of the mixes) are cut into `nparts` contiguous ranges, part p = [total·p/n, total·(p+1)/n).
 // Every exported kernel takes (nparts, part): part ≥ 0 runs that one range on the calling thread (the
 // Python thread-pool fallback), part < 0 runs all of them, in parallel when built with OpenMP.
@@ -12,6 +12,10 @@
 #include <stdint.h>
 
 #define PRAGMA(x) _Pragma(#x)
+// vector loops and reductions (-fopenmp-simd; no OpenMP runtime needed for these)
+#define SIMD PRAGMA(omp simd)
+#define SIMD_SUM(x) PRAGMA(omp simd reduction(+ : x))
+#define SIMD_SUM2(x, y) PRAGMA(omp simd reduction(+ : x, y))
 
 static inline int64_t part_lo(int64_t total, int nparts, int p) { return total * p / nparts; }
 

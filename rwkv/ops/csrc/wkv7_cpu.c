@@ -31,10 +31,6 @@
 
 #include "parts.h"
 
-#define SIMD PRAGMA(omp simd)
-#define SIMD_SUM(x) PRAGMA(omp simd reduction(+ : x))
-#define SIMD_SUM2(x, y) PRAGMA(omp simd reduction(+ : x, y))
-
 static inline int64_t at(int64_t b, int64_t t, int64_t T, int64_t h, int64_t H, int64_t N) {
   return ((b * T + t) * H + h) * N;
 }
@@ -389,16 +385,6 @@ int rwkv_cpu_openmp(void) {
 #ifdef _OPENMP
   return 1;
 #else
-  return 0;
-#endif
-}
-
-// Which implementation serves head size N in this build (for logs and tests): 1 = AVX-512, 0 = portable.
-int wkv7_simd_path(int N) {
-#ifdef HAVE_AVX512_64
-  return N == 64;
-#else
-  (void)N;
   return 0;
 #endif
 }
