@@ -3,8 +3,9 @@ mixed-format add/sub dialogues): several phrasings, multi-turn chats (independen
 on the previous answer), negative results and operands.
 
 Problems are (a, op, b) with operands in [0, max_operand] and op in {+, -}. A fixed, seeded share of the
-problems is held out: no training document contains a held-out problem in any phrasing (follow-ups
-included), so the evaluation measures arithmetic, not recall. Evaluation asks in one phrasing:
+problems is held out as unordered pairs: no training document contains a held-out problem, or the same
+operator on the same two operands in the other order, in any phrasing (follow-ups included), so the
+evaluation measures arithmetic, not recall. Evaluation asks in one phrasing:
     "Q: {a}{op}{b}=\n\nA:"  ->  " {answer}"
 
 The chat labels are `Q`/`A` (data.conversation_role_map in configs/quickstart.yaml), not the long
@@ -42,8 +43,11 @@ def render(a: int, op: str, b: int) -> dict:
 
 
 def is_held_out(a: int, op: str, b: int, seed: int, share: float) -> bool:
-    """A deterministic, seeded coin per problem (independent of generation order)."""
-    return random.Random(f"{seed}:{a}{op}{b}").random() < share
+    """A deterministic, seeded coin per unordered operand pair and operator (independent of generation
+    order): a+b and b+a (a-b and b-a) are held out together, so a model cannot pass the evaluation by
+    recalling the swapped problem from training (commutativity, or the negated difference)."""
+    lo, hi = sorted((a, b))
+    return random.Random(f"{seed}:{lo},{op},{hi}").random() < share
 
 
 def eval_prompt(q: str) -> str:

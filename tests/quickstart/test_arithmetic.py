@@ -1,5 +1,6 @@
 """The quickstart's data generator (rwkv/quickstart/arithmetic.py): correct answers, the promised variety,
-and no held-out problem in any training document, in any phrasing (follow-ups included)."""
+and no held-out problem in any training document, in any phrasing (follow-ups included), nor with its
+operands swapped (b+a of a held-out a+b; b-a of a held-out a-b)."""
 
 import json
 import re
@@ -41,6 +42,8 @@ def test_training_dialogues_are_correct_varied_and_exclude_held_out(tmp_path):
         assert int(r["answer"]) == (a + b if op == "+" else a - b) and r["prompt"] == eval_prompt(f"{a}{op}{b}")
         held.add((a, op, b))
     assert len(held) == 200  # distinct problems
+    # the oracle: unordered operand pairs per operator, read from eval.jsonl alone (not from is_held_out)
+    held_pairs = {(op, frozenset((a, b))) for a, op, b in held}
 
     phrasings, turns, negative_operand, negative_answer, problems = set(), [], 0, 0, 0
     for line in open(tmp_path / "train.jsonl"):
@@ -53,6 +56,7 @@ def test_training_dialogues_are_correct_varied_and_exclude_held_out(tmp_path):
             c = a + b if op == "+" else a - b
             assert bot["content"] in (str(c), f"{a}{op}{b}={c}"), (user, bot)
             assert (a, op, b) not in held and not is_held_out(a, op, b, SEED, SHARE)
+            assert (op, frozenset((a, b))) not in held_pairs, f"{b}{op}{a} is held out, {user} is in training"
             phrasings.add(which)
             negative_operand += a < 0
             negative_answer += c < 0
