@@ -2,7 +2,8 @@
 
     python preload_datapath.py configs/your.yaml [--force]
 
-The guard matters: `datasets` may start spawn pools that re-import this script (platform notes).
+The guard matters: `datasets` may start spawn pools that re-import this script
+(the spawn start method imports __main__).
 """
 
 import gc

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Peak memory of training on one long sample (issue 4 item 9): an 8k-token sample vs a 1M-token sample,
+"""Peak memory of training on one long sample (docs/benchmarks.md "Memory"): an 8k-token sample vs a 1M-token sample,
 tiny model, in `truncated` and `full` modes. Each measurement runs in a fresh process (peak RSS from
 getrusage), doing one real optimizer step: the segment loop (rwkv.training.segments) with the fused loss,
 clipping and AdamW. Target: RSS(1M) / RSS(8k) ≤ 1.15; `full` additionally keeps one boundary state per

@@ -1,4 +1,4 @@
-"""Benchmark: whole preload vs a single-process pure-Python make_data-style pipeline (issue 3 §10).
+"""Benchmark: whole preload vs a single-process pure-Python make_data-style pipeline (docs/benchmarks.md "Preload").
 
     PYTHONPATH=. .venv/bin/python bench/preload.py [--mb 50] [--num_proc N]
 
@@ -31,7 +31,7 @@ WORK = ROOT / "bench" / "_work"
 PY = sys.executable
 
 # The make_data-style pipeline: one process, read lines, json.loads, greedy-trie encode, append 0,
-# write .bin (uint16) and a binidx .idx (spec §6.1). `official` uses TRIE_TOKENIZER from PyPI `rwkv`
+# write .bin (uint16) and a binidx .idx (docs/model-spec.md §6.1). `official` uses TRIE_TOKENIZER from PyPI `rwkv`
 # (the tokenizer class RWKV-LM's make_data.py uses), run with cwd and sys.path outside the repo so
 # our package does not shadow it; `repo` uses rwkv/data/world_trie.py, our faster reference trie.
 BASELINE = r"""

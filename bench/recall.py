@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Long-context recall: `truncated` vs `full` BPTT through the real trainer (docs/tbptt.md, DESIGN.md §3).
+"""Long-context recall: `truncated` vs `full` BPTT through the real trainer (docs/tbptt.md, docs/design.md §3).
 
 Each sample is one prompt/completion record: a key letter, then random filler bytes, then `?`; the
 completion (the only learned token) is the key. The key sits in segment 0 and the question in segment
@@ -139,7 +139,7 @@ def accuracy(pth: Path, records: list[dict], ctx_len: int) -> float:
 
 
 def train_losses(run_dir: Path) -> list[float]:
-    """train/loss of every step, from the run's CSV log (evidence DESIGN.md §5.11 asks runs to leave)."""
+    """train/loss of every step, from the run's CSV log (evidence docs/design.md §5.11 asks runs to leave)."""
     rows = []
     for path in run_dir.rglob("metrics.csv"):
         with open(path) as f:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""WKV kernels on this CPU: chunked vs reference, forward + backward, fp32 (issue 2 item 7, issue 6).
+"""WKV kernels on this CPU: chunked vs reference, forward + backward, fp32 (docs/benchmarks.md "WKV kernels").
 
 Prints, from one run: (1) per op and shape the chunked and reference time per call and their ratio;
 (2) the chunk sizes 16/32/64 side by side with their fp32 error against an fp64 reference; (3) wkv7's
@@ -48,8 +48,8 @@ H, N = 12, 64
 
 
 def make_inputs(op: str, B: int, T: int, H: int, N: int, decay: str = "init", dtype=torch.float32) -> dict:
-    """Inputs in the real range: x070 λ = −e^{−½}σ(ω), a = −κ̂, b = κ̂⊙α (spec §1.3); x060/x052 ω from
-    the time_decay init ramp −6…−1 (spec §2.1), or with `decay="fast"` two channels per head at
+    """Inputs in the real range: x070 λ = −e^{−½}σ(ω), a = −κ̂, b = κ̂⊙α (docs/model-spec.md §1.3); x060/x052 ω from
+    the time_decay init ramp −6…−1 (docs/model-spec.md §2.1), or with `decay="fast"` two channels per head at
     trained-model fast decays (λ ≈ −e^{2…3}, which take the pairwise path)."""
     g = torch.Generator().manual_seed(0)
     rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
@@ -71,7 +71,7 @@ def make_inputs(op: str, B: int, T: int, H: int, N: int, decay: str = "init", dt
 
 
 def wkv7_loop_unbind(r, w, k, v, a, b, state=None, reset=None):
-    """`loop*`: wkv7_reference's recurrence (spec §1.3) with per-step slices taken by unbind."""
+    """`loop*`: wkv7_reference's recurrence (docs/model-spec.md §1.3) with per-step slices taken by unbind."""
     B, T, H, N_ = r.shape
     S = torch.zeros(B, H, N_, N_, dtype=r.dtype) if state is None else state
     ys = []

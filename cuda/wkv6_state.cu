@@ -1,7 +1,7 @@
 // RWKV-6 (and, with a broadcast decay, RWKV-5) WKV training kernels with initial state, final state
 // and state gradient (TBPTT).
 //
-// Maths (model-spec §2.1), per (batch, head), state S [key j, value i], decay d_t = exp(λ_t):
+// Maths (docs/model-spec.md §2.1), per (batch, head), state S [key j, value i], decay d_t = exp(λ_t):
 //   y_t = r_tᵀ (S_{t-1} + diag(u) k_t v_tᵀ);   S_t = diag(d_t) S_{t-1} + k_t v_tᵀ.
 // λ = −exp(ω) is unbounded below, so d can underflow to 0 and the RWKV-7 back-stepping (divide by d)
 // is impossible. Instead, the rows (and the columns) of S evolve independently (the decay is

@@ -1,15 +1,15 @@
 // RWKV-7 WKV training kernels with initial state, final state and state gradient (TBPTT).
 //
-// Maths (model-spec §1.3), per (batch, head), state S [value i, key j], decay d_t = exp(λ_t):
+// Maths (docs/model-spec.md §1.3), per (batch, head), state S [value i, key j], decay d_t = exp(λ_t):
 //   sa_t = S_{t-1} a_t;   S_t = S_{t-1} diag(d_t) + sa_t b_tᵀ + v_t k_tᵀ;   y_t = S_t r_t.
-// Structure follows the official trainer kernel (model-spec §3.1): one block per (head, batch),
+// Structure follows the official trainer kernel (docs/model-spec.md §3.1): one block per (head, batch),
 // one thread per value row i, the state row S[i, :] in registers, the state saved after every
 // _CHUNK_LEN_ steps, and a "back-stepping" backward that walks t = T-1 .. 0 and reconstructs
 // S_{t-1} = (S_t − v_t k_tᵀ − sa_t b_tᵀ) ⊘ d_t, restarting from the saved state at each chunk end.
 // The division is safe because RWKV-7's clamp gives λ ≥ −e^{−1/2} ≈ −0.6066, so 1/d ≤ 1.83, and
 // errors can grow for at most _CHUNK_LEN_ − 1 steps before the next restart.
 //
-// Differences from the official kernel (the "four small changes" of model-spec §3.1, plus two):
+// Differences from the official kernel (the "four small changes" of docs/model-spec.md §3.1, plus two):
 //   1. the register row starts from s0[b,h,i,:] instead of 0;
 //   2. the final state is written to sT;
 //   3. the backward accumulators start from dsT (row i and column i) instead of 0;

@@ -10,7 +10,7 @@
 #error "wkv kernels: compile with -D_N_=64 (the head size; every official RWKV model uses 64)"
 #endif
 #ifndef _CHUNK_LEN_
-#error "wkv kernels: compile with -D_CHUNK_LEN_=16 (state snapshot interval, model-spec §3.1)"
+#error "wkv kernels: compile with -D_CHUNK_LEN_=16 (state snapshot interval, docs/model-spec.md §3.1)"
 #endif
 // One thread per channel and three register rows of N floats per thread in the v7 backward:
 // 64 is what the official kernels use and the only size this code was compiled and checked for.

@@ -1,4 +1,4 @@
-"""User-facing errors: a message that names the file, key or value and says what to do (DESIGN.md §5.10).
+"""User-facing errors: a message that names the file, key or value and says what to do (docs/design.md §5.10).
 
 Entry scripts print these without a traceback and exit with status 2; anything else is a bug and keeps
 its traceback.

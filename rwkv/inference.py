@@ -1,4 +1,4 @@
-"""Text generation with the recurrent state (model-spec §1.3 "RNN/inference form"): the prompt runs in
+"""Text generation with the recurrent state (docs/model-spec.md §1.3 "RNN/inference form"): the prompt runs in
 parallel mode once, then each new token is one T=1 call that carries the state. Used by dragon_test.py
 and the quickstart evaluation."""
 

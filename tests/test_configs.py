@@ -1,5 +1,5 @@
 """Every shipped YAML starts with a comment saying what it is for, and parses against the real CLI schema
-(DESIGN.md §4, issue 5 item 4). Parsing uses `fit --print_config`: types, key names and links are checked,
+(docs/design.md §4, §5.7). Parsing uses `fit --print_config`: types, key names and links are checked,
 nothing is instantiated (GPU recipes name files that do not exist here)."""
 
 import json

@@ -1,4 +1,4 @@
-"""`import rwkv` from the repo root is this package, never PyPI's inference engine (issue 2 item 8)."""
+"""`import rwkv` from the repo root is this package, never PyPI's inference engine (docs/design.md §6)."""
 
 import subprocess
 import sys

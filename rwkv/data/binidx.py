@@ -1,5 +1,5 @@
 """binidx (Megatron/fairseq MMapIndexedDataset) reader and writer, and the official sampling
-arithmetic (model-spec.md §6).
+arithmetic (docs/model-spec.md §6).
 
 Reader: honours the dtype code (§6.1: official RWKV data is uint16, other tools write int32), checks
 the header and that `.bin` holds exactly what `.idx` describes, and memory-maps lazily so a reader
@@ -17,13 +17,13 @@ import numpy as np
 
 from .errors import DataError
 
-MAGIC = b"MMIDIDX\x00\x00"  # spec §6.1
+MAGIC = b"MMIDIDX\x00\x00"  # docs/model-spec.md §6.1
 VERSION = 1
-# Spec §6.1 dtype codes. 6/7 are float types that differ between implementations; never tokens.
+# docs/model-spec.md §6.1 dtype codes. 6/7 are float types that differ between implementations; never tokens.
 DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 8: np.uint16}
 CODES = {np.dtype(v): k for k, v in DTYPES.items()}
-HEADER = 34  # 9 magic + 8 version + 1 dtype + 8 n + 8 d (spec §6.1)
-MINI_EPOCH = 40320  # spec §6.2: samples per mini-epoch (= 8!)
+HEADER = 34  # 9 magic + 8 version + 1 dtype + 8 n + 8 d (docs/model-spec.md §6.1)
+MINI_EPOCH = 40320  # docs/model-spec.md §6.2: samples per mini-epoch (= 8!)
 
 
 def strip_prefix(path: str | Path) -> str:
@@ -85,7 +85,7 @@ class BinIdxReader:
         return state
 
     def tokens(self) -> np.ndarray:
-        """The whole .bin as a read-only memory map (one flat token stream, spec §6.2)."""
+        """The whole .bin as a read-only memory map (one flat token stream, docs/model-spec.md §6.2)."""
         if self._bin is None:
             if self.num_tokens == 0:
                 self._bin = np.zeros(0, dtype=self.dtype)
@@ -145,12 +145,12 @@ class BinIdxWriter:
 
 
 def token_dtype(vocab_size: int):
-    """uint16 like official RWKV data when every id fits, else int32 (spec §6.1)."""
+    """uint16 like official RWKV data when every id fits, else int32 (docs/model-spec.md §6.1)."""
     return np.uint16 if vocab_size <= 65536 else np.int32
 
 
 # ---------------------------------------------------------------------------------------------
-# Official sampler arithmetic (spec §6.2)
+# Official sampler arithmetic (docs/model-spec.md §6.2)
 
 def is_prime(n: int) -> bool:
     """Deterministic Miller-Rabin for n < 3.3e24 (these bases suffice)."""
@@ -190,7 +190,7 @@ def magic_prime(data_size: int, ctx_len: int) -> int:
 def check_magic_prime(p: int, data_size: int, ctx_len: int) -> str | None:
     """Errors as DataError; returns a warning string when the official 0.9 ratio check would fail."""
     if not is_prime(p) or p % 3 != 2:
-        raise DataError(f"data.magic_prime: {p} must be a prime with p % 3 == 2 (spec §6.2); "
+        raise DataError(f"data.magic_prime: {p} must be a prime with p % 3 == 2 (docs/model-spec.md §6.2); "
                         f"leave it null to compute {magic_prime(data_size, ctx_len)}")
     chunks = data_size // ctx_len
     if p > chunks - 1:

@@ -3,9 +3,9 @@
 `DataConfig.__init__` IS the schema of the YAML `data:` section. `RWKVDataModule` inherits it
 unchanged (it defines no `__init__` of its own), so LightningCLI, `preload_datapath.py` and the
 tests validate against exactly the same signature, and `preload_datapath.py` never has to import
-Lightning (a cache hit must stay well under 2 s, issue 3 §6).
+Lightning (a cache hit must stay well under 2 s, docs/benchmarks.md "Preload").
 
-Key names follow RWKV-infctx where the concept exists (prior-art-infctx.md §2.4).
+Key names follow RWKV-infctx where the concept exists (docs/design.md §4; docs/data.md lists the differences).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Literal
 from .errors import DataError
 
 # Keys that only steer loading/sampling at fit time. Everything else determines the bytes on disk
-# and is part of the preload cache key (issue 3 §6).
+# and is part of the preload cache key (docs/design.md §3.6).
 LOADER_KEYS = frozenset(
     {
         "data_path", "num_proc", "micro_batch_size", "ctx_len", "auto_preload",

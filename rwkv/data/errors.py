@@ -1,4 +1,4 @@
-"""The one exception type for bad data input (DESIGN.md §5.10).
+"""The one exception type for bad data input (docs/design.md §5.10).
 
 A `DataError` message is complete on its own: it names the file and line (or the column, or the
 `data.*` key) and says what to do. Entry scripts print it without a traceback and exit non-zero.

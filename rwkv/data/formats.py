@@ -1,10 +1,10 @@
-"""Record formats -> token ids + loss masks (issue 3 §4, docs/data.md "Formats and masks").
+"""Record formats -> token ids + loss masks (docs/data.md "Formats and masks").
 
 Every format turns a record into a list of (text, learn) segments; segments are tokenized one by
 one (so a mask boundary is also a token boundary, as in infctx) and the end-of-document token is
 appended. `loss_mask[t] = 1` means token t is learned as a prediction target.
 
-The format is chosen once per dataset from its columns, in infctx's order (prior-art §2.4):
+The format is chosen once per dataset from its columns, in RWKV-infctx-trainer's order:
 custom_text_key, conversation_format (or a `messages` column), multi-column, prompt/completion, text.
 """
 
@@ -49,7 +49,7 @@ def _text(value, row: int, column: str, *, optional: bool = True) -> str:
 
 
 class RecordFormatter:
-    """Picklable: holds only plain config values and a lazily-built tokenizer (platform notes)."""
+    """Picklable: holds only plain config values and a lazily-built tokenizer (worker processes get it pickled)."""
 
     def __init__(self, cfg, tokenizer, columns: list[str]):
         self.tokenizer = tokenizer

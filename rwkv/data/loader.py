@@ -69,7 +69,7 @@ class TokenRows(torch.utils.data.Dataset):
 
 class BinidxWindows(torch.utils.data.Dataset):
     """Official-sampler windows: index = token offset, item = ctx_len + 1 tokens (x and the shifted
-    y of spec §6.2), all learned."""
+    y of docs/model-spec.md §6.2), all learned."""
 
     def __init__(self, reader, ctx_len: int):
         self.reader, self.ctx_len = reader, int(ctx_len)

@@ -1,4 +1,4 @@
-"""make_data equivalent: jsonl -> .bin/.idx for the official pretraining sampler (spec §6).
+"""make_data equivalent: jsonl -> .bin/.idx for the official pretraining sampler (docs/model-spec.md §6).
 
     python -m rwkv.data.make_data in.jsonl out_prefix --copies 3 --ctx_len 4096 [--tokenizer world]
 

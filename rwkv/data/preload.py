@@ -1,4 +1,4 @@
-"""The preload pipeline: config -> tokenized, masked, packed DatasetDict on disk (issue 3).
+"""The preload pipeline: config -> tokenized, masked, packed DatasetDict on disk (docs/design.md §3.6, docs/data.md).
 
     status = data_status(cfg)            # cheap: hash of config + tokenizer + source file stats
     manifest = preload(cfg)              # cache hit, or build into a temp dir and rename
@@ -6,7 +6,7 @@
 Stages: load source -> offset/length slice (once) -> tokenize (worker processes, each with its
 own lazily-built tokenizer) -> filter -> test split -> rechunk | pack | one document per row ->
 sort -> save_to_disk + manifest -> atomic rename. Nothing is written to `data_path` unless every
-stage succeeded; a failed build leaves an existing good dataset untouched (issue 3 §6).
+stage succeeded; a failed build leaves an existing good dataset untouched (docs/design.md §5.13).
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def _tokenize(ds, formatter, writer, row0: int, workers: _Workers, progress, cfg
 
 
 def _tokenize_binidx(cfg, tokenizer, writer, progress):
-    """binidx items are documents that already end with their separator (make_data, spec §6.1)."""
+    """binidx items are documents that already end with their separator (make_data, docs/model-spec.md §6.1)."""
     import pyarrow as pa
 
     from .binidx import BinIdxReader

@@ -1,5 +1,5 @@
 """From tokenized documents to stored rows: filtering, test split, packing, rechunking, sorting,
-and the Arrow writers (issue 3 §5, docs/data.md "Rows").
+and the Arrow writers (docs/data.md "Rows").
 
 Documents live in one memory-mapped Arrow table (`input_ids`, `loss_mask` list columns). A set of
 rows is described by `order` (document indices in row order) and `bounds` (row r = documents

@@ -76,7 +76,7 @@ class RowSampler(_EpochState):
 
 
 class OfficialSampler(_EpochState):
-    """RWKV-LM's pretraining sampler (spec §6.2). Yields token offsets into the flat binidx stream:
+    """RWKV-LM's pretraining sampler (docs/model-spec.md §6.2). Yields token offsets into the flat binidx stream:
     ii = 1 + epoch·40320 + idx·world_size + rank, offset = ((φ·ii³) mod p)·ctx_len, where
     epoch = epoch_begin + the Lightning epoch and idx is the local sample index."""
 
@@ -87,7 +87,7 @@ class OfficialSampler(_EpochState):
             raise DataError(
                 f"data.sampler official: world size {world_size} × data.micro_batch_size {micro_batch_size} "
                 f"(linked from trainer.microbatch_size) = {real_bsz} must divide the 40320-sample mini-epoch "
-                "(spec §6.2); pick a micro batch size / device count whose product divides 40320"
+                "(docs/model-spec.md §6.2); pick a micro batch size / device count whose product divides 40320"
             )
         self.p, self.ctx_len, self.phi = int(magic_prime), int(ctx_len), golden_factor(int(magic_prime))
         self.rank, self.world_size, self.micro_batch_size = rank, world_size, micro_batch_size
@@ -104,5 +104,5 @@ class OfficialSampler(_EpochState):
     def __iter__(self):
         p, phi, ctx = self.p, self.phi, self.ctx_len
         for idx in range(self.skip_samples, self._local_len()):
-            # Exact integers: ii³ exceeds 2⁶⁴ for the Pile, so reduce mod p first (spec §6.2).
+            # Exact integers: ii³ exceeds 2⁶⁴ for the Pile, so reduce mod p first (docs/model-spec.md §6.2).
             yield (phi * pow(self.sample_counter(idx), 3, p)) % p * ctx

@@ -1,5 +1,5 @@
 """Sources: resolve and fingerprint the input files, load them through `datasets.load_dataset`,
-and turn load failures into one clear error naming the file and line (issue 3 §2, §6, §8).
+and turn load failures into one clear error naming the file and line (docs/design.md §5.10, docs/data.md "Errors").
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def _plain_column(column) -> bool:
 def read_jsonl_direct(cfg, columns_for) -> ArrowRecords | None:
     """Local JSON-lines files with plain columns, parsed by `pyarrow.json` straight into one
     Arrow table: the parser the `datasets` json builder runs on the same bytes, minus the 1 s
-    `import datasets` and the Arrow cache copy, so tokenizing starts at once (issue 3 §10).
+    `import datasets` and the Arrow cache copy, so tokenizing starts at once (docs/benchmarks.md "Preload").
 
     `columns_for(names)` says which columns the record format reads. Anything this path cannot
     promise to read exactly as `load_dataset("json")` would returns None, and the caller takes

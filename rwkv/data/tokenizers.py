@@ -1,4 +1,4 @@
-"""Tokenizers behind one small interface (model-spec.md §5).
+"""Tokenizers behind one small interface (docs/model-spec.md §5).
 
 `get_tokenizer(name_or_path)` returns an object with `encode(str) -> list[int]`,
 `encode_batch(list[str]) -> list[list[int]]`, `decode(list[int]) -> str`, `vocab_size` (the padded
@@ -6,7 +6,7 @@ model vocab, what `model.vocab_size` must be), `eod_id` (0, the end-of-document 
 and `identity()` (a string that changes whenever the ids could change; part of the preload cache key).
 
 Every tokenizer here pickles cheaply: the heavy backend (the Rust `pyrwkv_tokenizer` object cannot
-be pickled at all, see notes/platform.md) is created lazily on first use in each process.
+be pickled at all: pickling it raises) is created lazily on first use in each process.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 from .errors import DataError
 from .world_trie import WORLD_VOCAB_SIZE, parse_vocab, world_vocab_path
 
-# Spec §5.2: the 20B tokenizer has 50277 ids; the RWKV-7 Pile demo pads the model vocab to 50304.
+# docs/model-spec.md §5.2: the 20B tokenizer has 50277 ids; the RWKV-7 Pile demo pads the model vocab to 50304.
 NEOX_VOCAB_SIZE = 50304
 NEOX_FILE = "20B_tokenizer.json"
 NEOX_SHA256 = "56ac4821e129d2c520fdaba60abd920fa852ada51b45c0dd52bbb6bd8c985ade"
-# No installed wheel ships 20B_tokenizer.json (platform.md); this is where the project looks for it.
+# No installed wheel ships 20B_tokenizer.json (docs/model-spec.md §5.2); this is where the project looks for it.
 NEOX_SEARCH_PATHS: list[Path] = [Path(__file__).resolve().parent / "vocab" / NEOX_FILE]
 # `bytes`: id = byte + 1 (like the world tokenizer's single-byte ids 1..256), 0 = end of document;
 # 257 ids padded to 320, the next multiple of 64 (the rounding used for every HF tokenizer too).
@@ -65,7 +65,7 @@ class Tokenizer:
 
 
 class WorldTokenizer(Tokenizer):
-    """rwkv_vocab_v20230424 through pyrwkv-tokenizer (spec §5.1); decoding uses the vocab table,
+    """rwkv_vocab_v20230424 through pyrwkv-tokenizer (docs/model-spec.md §5.1); decoding uses the vocab table,
     because pyrwkv's decode panics on ids whose bytes are not valid UTF-8 on their own."""
 
     name = "world"
@@ -249,7 +249,7 @@ def tokenizer_vocab_size(name_or_path: str) -> int:
 def tokenizer_for_vocab(vocab_size: int) -> str:
     """Guess the tokenizer name from a model's embedding rows (used by dragon_test).
 
-    world: 65530..65536+ rows (spec §5.1); neox: 50277..50304 (spec §5.2); bytes: 257..320.
+    world: 65530..65536+ rows (docs/model-spec.md §5.1); neox: 50277..50304 (docs/model-spec.md §5.2); bytes: 257..320.
     """
     v = int(vocab_size)
     if 65530 <= v <= 65536 + VOCAB_MULTIPLE:

@@ -1,4 +1,4 @@
-"""Pure-Python reference for the RWKV World tokenizer `rwkv_vocab_v20230424` (model-spec.md §5.1).
+"""Pure-Python reference for the RWKV World tokenizer `rwkv_vocab_v20230424` (docs/model-spec.md §5.1).
 
 This is the slow, obviously-correct reference the fast path (`pyrwkv-tokenizer`, Rust) is tested
 against, and the tokenizer of the single-process baseline in `bench/preload.py`. Written from the
@@ -11,13 +11,13 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-# Model vocab rows for the world tokenizer (spec §5.1: ids 1..65529 used, padded to 65536).
+# Model vocab rows for the world tokenizer (docs/model-spec.md §5.1: ids 1..65529 used, padded to 65536).
 WORLD_VOCAB_SIZE = 65536
 WORLD_VOCAB_FILE = "rwkv_vocab_v20230424.txt"
 
 
 def world_vocab_path() -> Path:
-    """The vocab file shipped inside the `pyrwkv_tokenizer` wheel (LF copy, spec §5.1)."""
+    """The vocab file shipped inside the `pyrwkv_tokenizer` wheel (LF copy, docs/model-spec.md §5.1)."""
     import importlib.util
 
     spec = importlib.util.find_spec("pyrwkv_tokenizer")
@@ -33,7 +33,7 @@ def world_vocab_path() -> Path:
 
 
 def parse_vocab(path: str | Path) -> dict[int, bytes]:
-    """Parse `<id> <python literal> <byte_length>` lines (spec §5.1); CRLF and LF copies parse alike."""
+    """Parse `<id> <python literal> <byte_length>` lines (docs/model-spec.md §5.1); CRLF and LF copies parse alike."""
     table: dict[int, bytes] = {}
     with open(path, encoding="utf-8") as f:
         for lineno, raw in enumerate(f, 1):

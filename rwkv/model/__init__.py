@@ -1,4 +1,4 @@
-"""RWKV models as plain PyTorch modules (DESIGN.md §3 "Model"): config, build, init, state, .pth io."""
+"""RWKV models as plain PyTorch modules (docs/design.md §3.2): config, build, init, state, .pth io."""
 
 from .config import RWKVConfig
 from .io import (

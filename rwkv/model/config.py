@@ -1,7 +1,7 @@
-"""Model configuration shared by all RWKV versions (DESIGN.md §3 "Model").
+"""Model configuration shared by all RWKV versions (docs/design.md §3.2).
 
 Sizes follow the official trainer: head size N = 64 by default, H = C/N, and for x070 the LoRA ranks of
-model-spec §1.1 (current train_temp formulas). Loaders never assume a formula: `rwkv.model.io` reads the
+docs/model-spec.md §1.1 (current train_temp formulas). Loaders never assume a formula: `rwkv.model.io` reads the
 ranks from tensor shapes and fills them in here.
 """
 
@@ -14,12 +14,12 @@ VERSIONS = ("x070", "x060", "x052")
 
 
 def _lora_rank(x: float) -> int:
-    """R(x) = max(32, round(x/32)·32) with Python's round (half to even), model-spec §1.1."""
+    """R(x) = max(32, round(x/32)·32) with Python's round (half to even), docs/model-spec.md §1.1."""
     return max(32, int(round(x / 32) * 32))
 
 
 def x070_lora_ranks(n_embd: int) -> dict:
-    """Current train_temp LoRA ranks (since 2025-07-08), model-spec §1.1."""
+    """Current train_temp LoRA ranks (since 2025-07-08), docs/model-spec.md §1.1."""
     s = math.sqrt(n_embd)
     return dict(d_decay_lora=_lora_rank(2.5 * s), d_aaa_lora=_lora_rank(2.5 * s),
                 d_mv_lora=_lora_rank(1.7 * s), d_gate_lora=_lora_rank(5 * s))
@@ -34,13 +34,14 @@ class RWKVConfig:
     n_embd: int = 768
     vocab_size: int = 65536
     head_size: int = 64
-    dim_ffn: int | None = None  # x070: 4C (spec §1.1); x060/x052: int(3.5C // 32 · 32) (spec §2)
-    # x070 LoRA ranks (spec §1.1) / x060 decay LoRA rank (spec §2.1, trainer default 64)
+    # x070: 4C (docs/model-spec.md §1.1); x060/x052: int(3.5C // 32 · 32) (docs/model-spec.md §2)
+    dim_ffn: int | None = None
+    # x070 LoRA ranks (docs/model-spec.md §1.1) / x060 decay LoRA rank (docs/model-spec.md §2.1, trainer default 64)
     d_decay_lora: int | None = None
     d_aaa_lora: int | None = None
     d_mv_lora: int | None = None
     d_gate_lora: int | None = None
-    d_mix_lora: int | None = None  # x060 time_maa LoRA rank (spec §2.1, trainer default 32)
+    d_mix_lora: int | None = None  # x060 time_maa LoRA rank (docs/model-spec.md §2.1, trainer default 32)
 
     def __post_init__(self):
         if self.version not in VERSIONS:

@@ -1,4 +1,4 @@
-"""Fresh weights exactly as the official trainer's effective init (model-spec §1.4 for x070, §2 for x060/x052).
+"""Fresh weights exactly as the official trainer's effective init (docs/model-spec.md §1.4 for x070, §2 for x060/x052).
 
 The official flow builds the module, then `generate_init_weight()` overrides every 2-D `*.weight` except
 emb/head/ln; what matters is the resulting tensors, which are reproduced here per parameter family.
@@ -13,14 +13,14 @@ from torch import nn
 
 
 def layer_ratios(layer_id: int, n_layer: int) -> tuple[float, float]:
-    """r01 = l/(L−1) and r10 = 1 − l/L (spec §1.4). L = 1 divides by zero in the original; use r01 = 0."""
+    """r01 = l/(L−1) and r10 = 1 − l/L (docs/model-spec.md §1.4). L = 1 divides by zero in the original; use r01 = 0."""
     r01 = layer_id / (n_layer - 1) if n_layer > 1 else 0.0
     r10 = 1.0 - layer_id / n_layer
     return r01, r10
 
 
 def channel_ramps(C: int, N: int):
-    """ddd_n = n/C, lin_n = n/(C−1) − 0.5, zig_n = zz·|zz| with zz the per-head ramp (spec §1.4)."""
+    """ddd_n = n/C, lin_n = n/(C−1) − 0.5, zig_n = zz·|zz| with zz the per-head ramp (docs/model-spec.md §1.4)."""
     n = torch.arange(C, dtype=torch.float64)
     ddd = n / C
     lin = n / (C - 1) - 0.5
@@ -44,7 +44,7 @@ def _set(p: torch.Tensor, values: torch.Tensor) -> None:
 
 @torch.no_grad()
 def init_common(model) -> None:
-    """emb, head and the LayerNorms, shared by all versions (spec §1.4 table, last rows)."""
+    """emb, head and the LayerNorms, shared by all versions (docs/model-spec.md §1.4 table, last rows)."""
     V, C = model.emb.weight.shape
     nn.init.uniform_(model.emb.weight, -1e-4, 1e-4)
     orthogonal_(model.head.weight, 0.5 * math.sqrt(V / C) if V > C else 0.5)
@@ -56,7 +56,7 @@ def init_common(model) -> None:
 
 @torch.no_grad()
 def init_x070(model) -> None:
-    """Current x070 init (train_temp since 2025-05-06), model-spec §1.4."""
+    """Current x070 init (train_temp since 2025-05-06), docs/model-spec.md §1.4."""
     cfg = model.cfg
     C, N, L = cfg.n_embd, cfg.head_size, cfg.n_layer
     ddd, lin, zig = channel_ramps(C, N)
@@ -75,7 +75,8 @@ def init_x070(model) -> None:
         for name in ("w1", "a1", "v1", "g1"):
             nn.init.zeros_(getattr(att, name))
         for name in ("w2", "a2", "v2", "g2"):
-            orthogonal_(getattr(att, name), 0.1)  # rows < cols here, so no √(rows/cols) factor (spec §1.4)
+            # rows < cols here, so no √(rows/cols) factor (docs/model-spec.md §1.4)
+            orthogonal_(getattr(att, name), 0.1)
         _set(att.a0, -0.19 + 0.3 * zig + 0.4 * lin)
         _set(att.v0, 0.73 - 0.4 * lin)
         _set(att.k_k, 0.71 - 0.1 * lin)

@@ -1,9 +1,9 @@
-"""Official init for x060 (model-spec §2.1) and x052 (§2.2).
+"""Official init for x060 (docs/model-spec.md §2.1) and x052 (§2.2).
 
 In the official flow `generate_init_weight()` keeps the module's own init for everything named
 `time_*` / `*_w1` / `*_w2` / `ln*`, sets `ln_x.weight = ((l+1)/L)^0.7`, and overrides every other 2-D
 `*.weight`: emb U(±1e-4), head orthogonal (as x070), and the linears orthogonal with a per-name gain,
-zero where the gain is 0 (spec §2.1). Unlike x070's LoRA case, the gain is used as-is (no √(rows/cols)).
+zero where the gain is 0 (docs/model-spec.md §2.1). Unlike x070's LoRA case, the gain is used as-is (no √(rows/cols)).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import nn
 
 from .init import _set, channel_ramps, init_common, layer_ratios, orthogonal_
 
-# gain per linear layer (spec §2.1 "Init", the same for x052 per §2.2); 0 means zeros
+# gain per linear layer (docs/model-spec.md §2.1 "Init", the same for x052 per §2.2); 0 means zeros
 LINEAR_GAINS = {
     "att.receptance": 1.0, "att.key": 0.1, "att.value": 1.0, "att.gate": 0.1, "att.output": 0.0,
     "ffn.key": 1.0, "ffn.receptance": 0.0, "ffn.value": 0.0,
@@ -22,7 +22,7 @@ LINEAR_GAINS = {
 
 def decay_and_bonus(C: int, r01: float):
     """time_decay_n = −6 + 5·(n/(C−1))^(0.7 + 1.3·r01);  time_faaaa_n = r01·(1 − n/(C−1)) + zigzag_n with
-    zigzag_n = ((n+1) mod 3 − 1)·0.1 (spec §2.1; x052 uses the same values shaped [H,N], §2.2)."""
+    zigzag_n = ((n+1) mod 3 − 1)·0.1 (docs/model-spec.md §2.1; x052 uses the same values shaped [H,N], §2.2)."""
     n = torch.arange(C, dtype=torch.float64)
     ramp = n / (C - 1)
     decay = -6 + 5 * ramp ** (0.7 + 1.3 * r01)
@@ -45,9 +45,9 @@ def _init_linears_and_ln_x(block, layer_id: int, n_layer: int) -> None:
 
 @torch.no_grad()
 def init_x060(model) -> None:
-    """x060 init, model-spec §2.1."""
+    """x060 init, docs/model-spec.md §2.1."""
     C, L = model.cfg.n_embd, model.cfg.n_layer
-    ddd = channel_ramps(C, model.cfg.head_size)[0]  # ddd_n = n/C (spec §1.4)
+    ddd = channel_ramps(C, model.cfg.head_size)[0]  # ddd_n = n/C (docs/model-spec.md §1.4)
     init_common(model)
     for l, block in enumerate(model.blocks):
         r01, r10 = layer_ratios(l, L)
@@ -71,9 +71,9 @@ def init_x060(model) -> None:
 
 @torch.no_grad()
 def init_x052(model) -> None:
-    """x052 init, model-spec §2.2 ("mix" = 1 − "maa", so these are the complements of ddd powers)."""
+    """x052 init, docs/model-spec.md §2.2 ("mix" = 1 − "maa", so these are the complements of ddd powers)."""
     C, L = model.cfg.n_embd, model.cfg.n_layer
-    ddd = channel_ramps(C, model.cfg.head_size)[0]  # ddd_n = n/C (spec §1.4)
+    ddd = channel_ramps(C, model.cfg.head_size)[0]  # ddd_n = n/C (docs/model-spec.md §1.4)
     init_common(model)
     for l, block in enumerate(model.blocks):
         r01, r10 = layer_ratios(l, L)

@@ -26,7 +26,7 @@ def model_class(version: str):
 
 
 def build_model(cfg: RWKVConfig, grad_cp: bool = False, init: bool = False):
-    """Build the plain nn.Module for cfg; with init=True apply the official init (model-spec §1.4 / §2)."""
+    """Build the plain nn.Module for cfg; with init=True apply the official init (docs/model-spec.md §1.4 / §2)."""
     model = model_class(cfg.version)(cfg, grad_cp=grad_cp)
     if init:
         init_weights(model)

@@ -1,4 +1,4 @@
-"""Recurrent state as a value (DESIGN.md §3, model-spec §1.3 / §3.5).
+"""Recurrent state as a value (docs/design.md §3, docs/model-spec.md §1.3 / §3.5).
 
 A state is a tuple with one entry per layer; each entry is `(att_x_prev [B,C], wkv [B,H,N,N] fp32,
 ffn_x_prev [B,C])`. For x070 the WKV state is [value, key] (pip's layout); for x060/x052 it is
@@ -15,7 +15,7 @@ State = tuple[LayerState, ...]
 
 
 def zero_state(cfg, batch: int, device=None, dtype=torch.float32) -> State:
-    """All-zero state: x_prev in the activation dtype, WKV in fp32 (spec §3.4: state stays fp32)."""
+    """All-zero state: x_prev in the activation dtype, WKV in fp32 (docs/model-spec.md §3.4: state stays fp32)."""
     C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
     return tuple(
         (torch.zeros(batch, C, device=device, dtype=dtype),

@@ -1,4 +1,4 @@
-"""RWKV-5.2 "Eagle" (x052) as a plain nn.Module (model-spec §2.2).
+"""RWKV-5.2 "Eagle" (x052) as a plain nn.Module (docs/model-spec.md §2.2).
 
 x052 is x060 without the data-dependent parts: a static "mix" token shift and a time-invariant
 per-channel decay `time_decay` [H,N]. Everything else (block skeleton, r/k/v/gate/output/ln_x tail,
@@ -21,18 +21,20 @@ from .v7 import RWKVModel
 
 class TimeMix(TimeMix6):
     """x052 time-mix. The official module computes GroupNorm(y / head_size_divisor, eps = 1e-5); that is
-    the same function as GroupNorm(y, eps = 64e-5), which pip uses and the shared tail applies (spec §2.2)."""
+    the same function as GroupNorm(y, eps = 64e-5), which pip uses and the shared tail applies
+    (docs/model-spec.md §2.2)."""
 
     def _init_time_params(self, cfg: RWKVConfig) -> None:
         C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
         vec = lambda: nn.Parameter(torch.empty(1, 1, C))
         # official order: time_mix_k, _v, _r, _g, time_decay, time_faaaa
         self.time_mix_k, self.time_mix_v, self.time_mix_r, self.time_mix_g = vec(), vec(), vec(), vec()
-        self.time_decay = nn.Parameter(torch.empty(H, N))  # ω per channel; 2-D is what marks v5.2 (spec §4.2)
+        # ω per channel; 2-D is what marks v5.2 (docs/model-spec.md §4.2)
+        self.time_decay = nn.Parameter(torch.empty(H, N))
         self.time_faaaa = nn.Parameter(torch.empty(H, N))
 
     def _project(self, x, prev):
-        # "mix" convention z·mix + z_prev·(1 − mix), the complement of "maa" (spec §2.2); written in this
+        # "mix" convention z·mix + z_prev·(1 − mix), the complement of "maa" (docs/model-spec.md §2.2); written in this
         # form (not z + δ⊙(1 − mix)) because the official trainer and pip round it this way
         xk = x * self.time_mix_k + prev * (1 - self.time_mix_k)
         xv = x * self.time_mix_v + prev * (1 - self.time_mix_v)
@@ -50,7 +52,7 @@ class TimeMix(TimeMix6):
 
 
 class ChannelMix(ChannelMix6):
-    """x052 channel-mix: the x060 one with "mix"-convention shift coefficients (spec §2.2)."""
+    """x052 channel-mix: the x060 one with "mix"-convention shift coefficients (docs/model-spec.md §2.2)."""
 
     def _init_mix(self, C: int) -> None:
         self.time_mix_k = nn.Parameter(torch.empty(1, 1, C))

@@ -1,10 +1,10 @@
-"""RWKV-6 "Finch" (x060) as a plain nn.Module (model-spec §2.1).
+"""RWKV-6 "Finch" (x060) as a plain nn.Module (docs/model-spec.md §2.1).
 
 Parameter names, shapes and registration order are the official `.pth` keys, so a state_dict is a
 checkpoint. The block skeleton, token shift and forward/state/reset/grad_cp contract are those of x070
 (rwkv.model.v7); only the time-mix and channel-mix differ. The per-layer state is
 `(att_x_prev [B,C], S [B,H,N,N] fp32, ffn_x_prev [B,C])` with S **key-major** `S[key, value]`, the
-layout of the `rwkv` pip package and the official kernels for v5/v6 (spec §2), so a state converts to
+layout of the `rwkv` pip package and the official kernels for v5/v6 (docs/model-spec.md §2), so a state converts to
 pip's list without transposes.
 
 The x052 classes in rwkv.model.v5 subclass the ones here and override the version-specific hooks
@@ -22,12 +22,12 @@ from ..ops.mix import shifted
 from .config import RWKVConfig
 from .v7 import GROUPNORM_EPS, RWKVModel, last_token, relu_square
 
-# time_maa_w2 slot order: the LoRA produces the data-dependent mix offsets for w, k, v, r, g (spec §2.1)
+# time_maa_w2 slot order: the LoRA produces the data-dependent mix offsets for w, k, v, r, g (docs/model-spec.md §2.1)
 MAA_SLOTS = ("w", "k", "v", "r", "g")
 
 
 class TimeMix(nn.Module):
-    """x060 time-mix (spec §2.1). Shared tail with x052: r/k/v/gate/output linears, GroupNorm `ln_x`
+    """x060 time-mix (docs/model-spec.md §2.1). Shared tail with x052: r/k/v/gate/output linears, GroupNorm `ln_x`
     (eps = 1e-5·head_size_divisor² = 64e-5, head_size_divisor = 8), output = (ln_x(y) ⊙ SiLU(gate)) Woᵀ."""
 
     def __init__(self, cfg: RWKVConfig, layer_id: int):
@@ -56,7 +56,8 @@ class TimeMix(nn.Module):
         self.time_faaaa = nn.Parameter(torch.empty(H, N))  # the bonus u; pip reads n_head from it
 
     def _project(self, x, prev):
-        """Normalised input x and the previous token's `prev` -> (r, k, v, g, λ), all [B,T,C] (spec §2.1)."""
+        """Normalised input x and the previous token's `prev` -> (r, k, v, g, λ), all [B,T,C]
+        (docs/model-spec.md §2.1)."""
         B, T, C = x.shape
         xx = prev - x  # δ: the "maa" convention mixes z + δ ⊙ μ
         D = self.time_maa_w2.shape[1]
@@ -71,7 +72,7 @@ class TimeMix(nn.Module):
         xg = x + xx * (self.time_maa_g + mg)
         r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
         g = F.silu(self.gate(xg))
-        # λ = −exp(ω) in fp32 (pip and the kernels take ω to fp32 first); unbounded below, spec §2.1/§3.6
+        # λ = −exp(ω) in fp32 (pip and the kernels take ω to fp32 first); unbounded below, docs/model-spec.md §2.1/§3.6
         omega = self.time_decay.float() + (torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2).float()
         return r, k, v, g, -torch.exp(omega)
 
@@ -92,7 +93,7 @@ class TimeMix(nn.Module):
 
 
 class ChannelMix(nn.Module):
-    """x060/x052 channel-mix with a receptance gate: σ(z_r Wrᵀ) ⊙ (relu(z_k Wkᵀ)² Wvᵀ) (spec §2.1)."""
+    """x060/x052 channel-mix with a receptance gate: σ(z_r Wrᵀ) ⊙ (relu(z_k Wkᵀ)² Wvᵀ) (docs/model-spec.md §2.1)."""
 
     def __init__(self, cfg: RWKVConfig, layer_id: int):
         super().__init__()
@@ -107,7 +108,7 @@ class ChannelMix(nn.Module):
         self.time_maa_r = nn.Parameter(torch.empty(1, 1, C))
 
     def _mix(self, x, prev):
-        """x060 "maa" convention: z_• = z + δ ⊙ maa_• with δ = z_prev − z (spec §2.1)."""
+        """x060 "maa" convention: z_• = z + δ ⊙ maa_• with δ = z_prev − z (docs/model-spec.md §2.1)."""
         xx = prev - x
         return x + xx * self.time_maa_k, x + xx * self.time_maa_r
 

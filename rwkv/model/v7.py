@@ -1,6 +1,6 @@
-"""RWKV-7 "Goose" (x070) as a plain nn.Module (model-spec §1), and the skeleton x060/x052 reuse.
+"""RWKV-7 "Goose" (x070) as a plain nn.Module (docs/model-spec.md §1), and the skeleton x060/x052 reuse.
 
-Parameter names, shapes and registration order are exactly the official `.pth` keys (spec §1.2), so a
+Parameter names, shapes and registration order are exactly the official `.pth` keys (docs/model-spec.md §1.2), so a
 state_dict is a checkpoint. `forward(idx, state=None, reset=None) -> (logits, state)` works for any T;
 the state is a value (see rwkv.model.state) and is never modified in place.
 """
@@ -16,9 +16,9 @@ from ..ops.keys import wkv7_keys
 from ..ops.mix import token_shift_mix
 from .config import RWKVConfig
 
-# λ = −e^{−1/2}·σ(ω): the decay clamp of the current official kernel, spec §1.3.
+# λ = −e^{−1/2}·σ(ω): the decay clamp of the current official kernel, docs/model-spec.md §1.3.
 NEG_EXP_HALF = -0.6065306597126334
-GROUPNORM_EPS = 64e-5  # ln_x eps = 1e-5 · head_size_divisor² (spec §1.2 / §1.4)
+GROUPNORM_EPS = 64e-5  # ln_x eps = 1e-5 · head_size_divisor² (docs/model-spec.md §1.2 / §1.4)
 
 
 def last_token(x: torch.Tensor) -> torch.Tensor:
@@ -44,7 +44,7 @@ class _ReluSquare(torch.autograd.Function):
 
 
 def relu_square(x: torch.Tensor) -> torch.Tensor:
-    """The channel-mix activation relu(x)² (spec §1.3, §2.1)."""
+    """The channel-mix activation relu(x)² (docs/model-spec.md §1.3, §2.1)."""
     return _ReluSquare.apply(x)
 
 
@@ -55,7 +55,7 @@ class TimeMix(nn.Module):
         C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
         vec = lambda: nn.Parameter(torch.empty(1, 1, C))
         lora = lambda d_in, d_out: nn.Parameter(torch.empty(d_in, d_out))
-        # registration order = official key order (spec §1.2)
+        # registration order = official key order (docs/model-spec.md §1.2)
         self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g = (vec() for _ in range(6))
         self.w1, self.w2, self.w0 = lora(C, cfg.d_decay_lora), lora(cfg.d_decay_lora, C), vec()
         self.a1, self.a2, self.a0 = lora(C, cfg.d_aaa_lora), lora(cfg.d_aaa_lora, C), vec()
@@ -72,23 +72,23 @@ class TimeMix(nn.Module):
     def forward(self, x, x_prev, S, v_first, reset=None):
         B, T, C = x.shape
         H, N = self.r_k.shape
-        # x + (z_{t−1} − x) ⊙ x_*, spec §1.3 (one fused pass on CPU, rwkv/ops/mix.py)
+        # x + (z_{t−1} − x) ⊙ x_*, docs/model-spec.md §1.3 (one fused pass on CPU, rwkv/ops/mix.py)
         xr, xw, xk, xv, xa, xg = token_shift_mix(
             x, x_prev, reset, (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
 
         r = self.receptance(xr)
-        # log-decay in fp32 even under bf16 (the official kernel also applies σ in fp32), spec §1.3
+        # log-decay in fp32 even under bf16 (the official kernel also applies σ in fp32), docs/model-spec.md §1.3
         w = NEG_EXP_HALF * torch.sigmoid((self.w0 + torch.tanh(xw @ self.w1) @ self.w2).float())
         k = self.key(xk)
         v = self.value(xv)
         if self.layer_id == 0:
             v_first = v
-        else:  # value residual towards layer 0's value (no tanh), spec §1.3
+        else:  # value residual towards layer 0's value (no tanh), docs/model-spec.md §1.3
             v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
         a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
         g = torch.sigmoid(xg @ self.g1) @ self.g2
         # kk = normalize(k ⊙ k_k) per head, k ⊙ (1 + (a − 1) ⊙ k_a), and the kernel's a = −kk, b = kk ⊙ a
-        # (spec §1.3; one fused pass on CPU, rwkv/ops/keys.py)
+        # (docs/model-spec.md §1.3; one fused pass on CPU, rwkv/ops/keys.py)
         k, a_in, b_in = wkv7_keys(k, a, self.k_k, self.k_a, H)
 
         shape = (B, T, H, N)
@@ -114,7 +114,7 @@ class ChannelMix(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN residual block shared by x070/x060/x052 (spec §1.3, §2): ln0 on layer 0, then
+    """Pre-LN residual block shared by x070/x060/x052 (docs/model-spec.md §1.3, §2): ln0 on layer 0, then
     x + att(ln1(x)), x + ffn(ln2(x)). The time-mix class decides what `v_first` means (x070's value
     residual); x060/x052 time-mixes pass it through untouched."""
 
@@ -122,11 +122,11 @@ class Block(nn.Module):
         super().__init__()
         self.layer_id = layer_id
         C = cfg.n_embd
-        # registration order = official key order: ln1, ln2, (ln0), att, ffn (spec §1.2)
+        # registration order = official key order: ln1, ln2, (ln0), att, ffn (docs/model-spec.md §1.2)
         self.ln1 = nn.LayerNorm(C)
         self.ln2 = nn.LayerNorm(C)
         if layer_id == 0:
-            self.ln0 = nn.LayerNorm(C)  # applied to the embedding (spec §1.3)
+            self.ln0 = nn.LayerNorm(C)  # applied to the embedding (docs/model-spec.md §1.3)
         self.att = (time_mix or TimeMix)(cfg, layer_id)
         self.ffn = (channel_mix or ChannelMix)(cfg, layer_id)
 
@@ -140,7 +140,7 @@ class Block(nn.Module):
 
 
 class RWKVModel(nn.Module):
-    """Language-model skeleton shared by every version: emb, blocks, ln_out, head (spec §1.2, §2).
+    """Language-model skeleton shared by every version: emb, blocks, ln_out, head (docs/model-spec.md §1.2, §2).
 
     Subclasses set `version`, `time_mix` and `channel_mix`. `grad_cp` recomputes each block in
     backward (activation memory of one block). The state layout is described in rwkv.model.state.
@@ -193,7 +193,7 @@ class RWKV7(RWKVModel):
 
     def __init__(self, cfg: RWKVConfig, grad_cp: bool = False):
         super().__init__(cfg, grad_cp)
-        # Layer 0 stores v0/v1/v2 like the official files (spec §1.2) but never uses them: freeze them so
+        # Layer 0 stores v0/v1/v2 like the official files (docs/model-spec.md §1.2) but never uses them: freeze them so
         # DDP does not wait for gradients that never come and optimizers skip them.
         for name in ("v0", "v1", "v2"):
             getattr(self.blocks[0].att, name).requires_grad_(False)

@@ -1,4 +1,4 @@
-"""WKV kernels: one signature per RWKV version, interchangeable backends (DESIGN.md §3).
+"""WKV kernels: one signature per RWKV version, interchangeable backends (docs/design.md §3).
 
 `wkv7(r, w, k, v, a, b, state=None, reset=None, backend="auto") -> (y, state)`
 
@@ -8,7 +8,7 @@
 * returns y in the input dtype and the final state in the compute dtype; autograd reaches every input
   including `state`.
 
-Backends: `reference` (per-token loop, the spec), `chunked` (spec §3.4, fp64 on CPU and the fallback
+Backends: `reference` (per-token loop, the spec), `chunked` (docs/model-spec.md §3.4, fp64 on CPU and the fallback
 everywhere), `cuda` (kernels in cuda/) and, for wkv7, `cpu` (the recurrence in C, rwkv/ops/csrc/); `auto`
 uses `cuda` or `cpu` only after their one-time self-check against `chunked`.
 """

@@ -1,4 +1,4 @@
-"""Backend dispatch for the WKV ops (DESIGN.md §3 "WKV op").
+"""Backend dispatch for the WKV ops (docs/design.md §3.1).
 
 `auto` chooses `cuda` only for CUDA tensors whose kernel is built and passed its one-time self-check
 against `chunked` on that device; `cpu` (the C recurrence, wkv7 only) for CPU tensors that are not fp64
@@ -77,12 +77,12 @@ def _run(op, backend, args: tuple, checked: dict, state, reset, **kw):
 
 
 def wkv7(r, w, k, v, a, b, state=None, reset=None, backend: str = "auto", **kw):
-    """RWKV-7 WKV (spec §1.3). See the package docstring for the contract."""
+    """RWKV-7 WKV (docs/model-spec.md §1.3). See the package docstring for the contract."""
     return _run("wkv7", backend, (r, w, k, v, a, b), dict(r=r, w=w, k=k, v=v, a=a, b=b), state, reset, **kw)
 
 
 def wkv6(r, w, k, v, u, state=None, reset=None, backend: str = "auto", **kw):
-    """RWKV-6 WKV (spec §2.1): y_t = r_tᵀ(S + diag(u) k_t v_tᵀ), S = diag(e^{λ_t}) S + k_t v_tᵀ.
+    """RWKV-6 WKV (docs/model-spec.md §2.1): y_t = r_tᵀ(S + diag(u) k_t v_tᵀ), S = diag(e^{λ_t}) S + k_t v_tᵀ.
 
     `w` is the per-token log-decay λ = −exp(ω) ≤ 0 [B,T,H,N] (unbounded below), `u` the bonus [H,N],
     `state` [B,H,N(key),N(value)] (key-major, the pip layout for v5/v6).
@@ -91,5 +91,5 @@ def wkv6(r, w, k, v, u, state=None, reset=None, backend: str = "auto", **kw):
 
 
 def wkv5(r, w, k, v, u, state=None, reset=None, backend: str = "auto", **kw):
-    """RWKV-5.2 WKV (spec §2.2): as `wkv6` with a time-invariant log-decay `w` of shape [H,N]."""
+    """RWKV-5.2 WKV (docs/model-spec.md §2.2): as `wkv6` with a time-invariant log-decay `w` of shape [H,N]."""
     return _run("wkv5", backend, (r, w, k, v, u), dict(r=r, k=k, v=v), state, reset, **kw)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """WKV math runs in fp32 (fp64 when the inputs are fp64, for tight reference tests); spec §3.4."""
+    """WKV math runs in fp32 (fp64 when the inputs are fp64, for tight reference tests); docs/model-spec.md §3.4."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -53,7 +53,7 @@ def check_log_decay(op: str, w: torch.Tensor, lower: float | None = None, hint: 
     if math.isfinite(lo) and hi <= 0 and (lower is None or lo >= lower):  # NaN fails every comparison
         return
     allowed = f"lie in [{lower}, 0]" if lower is not None else "be finite and <= 0"
-    raise ValueError(f"{op}: log-decay w must {allowed} (RWKV-7 clamps it to (-0.6066, 0), model-spec §1.3); "
+    raise ValueError(f"{op}: log-decay w must {allowed} (RWKV-7 clamps it to (-0.6066, 0), docs/model-spec.md §1.3); "
                      f"got min {lo:.4g}, max {hi:.4g}. Pass the log-decay λ, not the raw ω or the decay "
                      f"exp(λ){hint}.")
 

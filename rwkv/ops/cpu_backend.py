@@ -1,7 +1,7 @@
 """CPU kernels in C: the `cpu` WKV-7 backend (rwkv/ops/csrc/wkv7_cpu.c) and the fused token-shift
 mixes (rwkv/ops/csrc/mix_cpu.c) and key preparation (rwkv/ops/csrc/kk_cpu.c), fp32.
 
-Why: on the 2-core machines here the chunked PyTorch WKV-7 (spec §3.4) spends ~80 ms per layer of a
+Why: on the 2-core machines here the chunked PyTorch WKV-7 (docs/model-spec.md §3.4) spends ~80 ms per layer of a
 L6-D512 training step in small batched matmuls and elementwise temporaries; the recurrence with the
 64×64 state in L1 does the same work in a fraction of that. The token-shift mixes are ~40 memory-bound
 elementwise passes per layer in PyTorch and a few in C (docs/benchmarks.md, "WKV kernels", "Training step").

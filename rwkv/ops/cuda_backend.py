@@ -3,19 +3,19 @@
 Importing this module builds nothing and needs neither a GPU nor nvcc. The extension is compiled
 with `torch.utils.cpp_extension.load` the first time a CUDA tensor asks for it (`ready()` or an
 explicit `backend="cuda"` call); the build cache lives under TORCH_EXTENSIONS_DIR (torch's default
-when unset). `ready(op, device)` is what `backend="auto"` consults (DESIGN.md §3 "WKV op"): it is
+when unset). `ready(op, device)` is what `backend="auto"` consults (docs/design.md §3.1): it is
 True only when the build succeeded and a one-time self-check on that device against the `chunked`
 backend passed (the per-token reference only if a chunked module cannot be imported); otherwise
 `auto` uses `chunked`.
 
 wkv7 contract as `rwkv.ops.wkv7`: inputs [B, T, H, N] of any float dtype run in a bf16 kernel when
 they are bf16 and in an fp32 kernel otherwise; the state is fp32 [B, H, N(value), N(key)]; T is
-padded to a multiple of the kernel's chunk with λ = 0 and zeros (model-spec §3.4: the outputs and
+padded to a multiple of the kernel's chunk with λ = 0 and zeros (docs/model-spec.md §3.4: the outputs and
 the final state are unchanged); `reset` is handled by the kernel. Gradients reach r, w, k, v, a, b
 and the initial state.
 
 wkv6/wkv5 as `rwkv.ops.wkv6/wkv5`: r, k, v run in bf16 or fp32 as above, while the log-decay λ, the
-bonus u and the state [B, H, N(key), N(value)] are always fp32 (λ is unbounded below, spec §3.6).
+bonus u and the state [B, H, N(key), N(value)] are always fp32 (λ is unbounded below, docs/model-spec.md §3.6).
 wkv5 is wkv6 with its [H, N] decay broadcast over (B, T). Any T; `reset` is handled by the kernel.
 """
 
@@ -33,15 +33,15 @@ from .common import pad_time, zero_state
 log = logging.getLogger("rwkv.ops")
 
 CUDA_DIR = Path(__file__).resolve().parents[2] / "cuda"
-HEAD_SIZE = 64  # -D_N_: every official RWKV model uses head size 64 (model-spec §0 notation, §3.1)
-CHUNK_LEN = 16  # -D_CHUNK_LEN_: state snapshot interval of the official kernels (model-spec §3.1)
+HEAD_SIZE = 64  # -D_N_: every official RWKV model uses head size 64 (docs/model-spec.md §0 notation, §3.1)
+CHUNK_LEN = 16  # -D_CHUNK_LEN_: state snapshot interval of the official kernels (docs/model-spec.md §3.1)
 
 # extension -> sources; op -> extension (wkv5 runs on the wkv6 kernel)
 _SOURCES = {"wkv7": ("wkv7_state_op.cpp", "wkv7_state.cu"), "wkv6": ("wkv6_state_op.cpp", "wkv6_state.cu")}
 _EXT_OF = {"wkv7": "wkv7", "wkv6": "wkv6", "wkv5": "wkv6"}
 
 # Self-check tolerances: max |cuda − chunked(fp64)| / max |chunked(fp64)| per tensor. fp32: the
-# v7 back-stepping division amplifies rounding by up to 1.83 per step for ≤ 15 steps (spec §3.1);
+# v7 back-stepping division amplifies rounding by up to 1.83 per step for ≤ 15 steps (docs/model-spec.md §3.1);
 # the CPU emulations of the kernels (tests/ops/cuda_wkv{7,6}_emulation.py) measured ≤ 2e-5 (v7) and
 # ≤ 2e-7 (v6) on the self-check inputs, and 6e-4 for v7 with every λ at the clamp (the worst case).
 # bf16: y and the gradients are rounded to bf16 on output (relative step 2^-8).
@@ -131,7 +131,7 @@ def wkv7_with(ext, r, w, k, v, a, b, state=None, reset=None):
     B, T, H, N = r.shape
     kdt = kernel_dtype(r)
     T_pad = -(-T // CHUNK_LEN) * CHUNK_LEN
-    # Pad with λ = 0 (decay 1) and zeros: outputs and final state are unchanged (model-spec §3.4).
+    # Pad with λ = 0 (decay 1) and zeros: outputs and final state are unchanged (docs/model-spec.md §3.4).
     r, w, k, v, a, b = (pad_time(x.to(kdt), T_pad).contiguous() for x in (r, w, k, v, a, b))
     s0 = (zero_state(B, H, N, torch.float32, r.device) if state is None
           else state.to(torch.float32).contiguous())
@@ -214,7 +214,7 @@ def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def _oracle(op: str):
-    """`chunked` (DESIGN.md §3), or the per-token reference if the chunked module cannot be imported."""
+    """`chunked` (docs/design.md §3), or the per-token reference if the chunked module cannot be imported."""
     from .backends import _load
 
     try:
@@ -233,7 +233,7 @@ def _reset_mask(B, T, device):
 
 
 def _wkv7_inputs(B, T, H, N, device, gen):
-    """Random inputs in the real value range (model-spec §1.3): λ = −e^{−1/2}σ(ω) (incl. values near
+    """Random inputs in the real value range (docs/model-spec.md §1.3): λ = −e^{−1/2}σ(ω) (incl. values near
     the clamp), a = −κ̂, b = κ̂⊙α with κ̂ unit-norm per head, α ∈ (0,1), r/k/v of order 1."""
     def randn(*s):
         return torch.randn(*s, generator=gen, dtype=torch.float64)
@@ -250,7 +250,7 @@ def _wkv7_inputs(B, T, H, N, device, gen):
 
 
 def _wkv6_inputs(B, T, H, N, device, gen, v5=False):
-    """v6: λ = −exp(ω) with ω ∈ (−6, 2): from the init range (spec §2.1) to decays that vanish within
+    """v6: λ = −exp(ω) with ω ∈ (−6, 2): from the init range (docs/model-spec.md §2.1) to decays that vanish within
     a step; u of order 1 (time_faaaa). v5: a time-invariant λ [H, N]."""
     def randn(*s):
         return torch.randn(*s, generator=gen, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""RWKV-7's key preparation for the WKV kernel (model-spec §1.3).
+"""RWKV-7's key preparation for the WKV kernel (docs/model-spec.md §1.3).
 
 `wkv7_keys(k, a, k_k, k_a, n_head) -> (k', a_in, b_in)`, all [B, T, C]: with kk = normalize(k ⊙ k_k) over
 each head's N channels, k' = k ⊙ (1 + (a − 1) ⊙ k_a) (the key the kernel sees), a_in = −kk and

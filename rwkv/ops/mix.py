@@ -1,4 +1,4 @@
-"""Token-shift mixes (model-spec §1.3): `x + (z_{t−1} − x) ⊙ m` for several mix vectors m at once.
+"""Token-shift mixes (docs/model-spec.md §1.3): `x + (z_{t−1} − x) ⊙ m` for several mix vectors m at once.
 
 `token_shift_mix(x, x_prev, reset, mixes)` takes x [B, T, C], the carried previous token x_prev [B, C]
 (z_{−1}), an optional bool reset [B, T] (z_{t−1} = 0 where a document starts) and a sequence of mix

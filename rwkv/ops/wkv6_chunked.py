@@ -1,4 +1,4 @@
-"""Chunked WKV-6 / WKV-5 in pure PyTorch (model-spec §3.6): parallel inside a chunk, sequential across.
+"""Chunked WKV-6 / WKV-5 in pure PyTorch (docs/model-spec.md §3.6): parallel inside a chunk, sequential across.
 
 Per head and chunk of c tokens with incoming state S₀ ([key, value]), inclusive cumulative log-decay
 G_t = Σ_{s≤t} λ_s and exclusive Ḡ_t = G_{t−1} (G_0 = 0):
@@ -8,7 +8,7 @@ G_t = Σ_{s≤t} λ_s and exclusive Ḡ_t = G_{t−1} (G_0 = 0):
     S_c = diag(e^{G_c}) S₀ + (K ⊙ e^{G_c − G})ᵀ V
 
 Every exponent above is ≤ 0 except inside A's factorised form. The v6 decay λ = −exp(ω) is unbounded
-below, so (spec §3.6) the cumulative sums are taken in fp64, and A is built per chunk and channel in one
+below, so (docs/model-spec.md §3.6) the cumulative sums are taken in fp64, and A is built per chunk and channel in one
 of two exact ways:
 
 * factorised: A = (R ⊙ e^{Ḡ − G_ref}) (K ⊙ e^{G_ref − G})ᵀ masked after the product, G_ref = mid-chunk.
@@ -18,7 +18,7 @@ of two exact ways:
   exact for any λ). Used only for the m channels per chunk whose span exceeds the bound (picked by
   top-k, so the rest of the chunk keeps the matmul form); m = 0 for freshly initialised models.
 
-WKV-5 (spec §2.2) is the same with a time-invariant λ [H, N]. Blocks, recomputation in backward and the
+WKV-5 (docs/model-spec.md §2.2) is the same with a time-invariant λ [H, N]. Blocks, recomputation in backward and the
 document masks for `reset` are shared with wkv7_chunked (see its docstring).
 """
 
@@ -41,20 +41,20 @@ DEFAULT_CHUNK = 32
 # Largest per-chunk decay span (−G_c, in e-folds) that the factorised form may use, per compute
 # dtype. Discarded upper-triangle products reach e^{span}·Σ_n|r k| and the factors' gradients
 # e^{span}·|dA|·|k|: e^{40} ≈ 2e17 leaves fp32 (max e^{88.7}) ~20 orders of magnitude for the data
-# and loss scales; e^{400} leaves fp64 (max e^{709}) ~130. Spec §3.6. Precision does not depend on
+# and loss scales; e^{400} leaves fp64 (max e^{709}) ~130. docs/model-spec.md §3.6. Precision does not depend on
 # it beyond fp32 rounding of the exponent (≤ 40·6e-8 ≈ 2.4e-6 relative per factor).
 FACTOR_SPAN = {torch.float32: 40.0, torch.float64: 400.0}
 
 # λ below this decays a state to exactly 0 in one step in fp64 and fp32 (e^{−1000} underflows), so
 # clamping there changes no output and no gradient (both are exactly 0 either way), while keeping G
 # finite: fp64 cumulative sums then stay ≤ 1000·c in magnitude and their differences accurate to
-# ~1e-11 (spec §3.6). It also turns λ = −inf into a finite number.
+# ~1e-11 (docs/model-spec.md §3.6). It also turns λ = −inf into a finite number.
 MIN_LOG_DECAY = -1000.0
 
 
 def _pairwise_scores(r, k, Gbar, G, mask):
     """A[t,j] = Σ_n r_t[n] k_j[n] e^{Ḡ_t[n] − G_j[n]} for mask[t,j]; the exponent, a difference of
-    fp64 cumulative sums, is masked with −∞ before exp (spec §3.6), so any λ ≤ 0 is safe."""
+    fp64 cumulative sums, is masked with −∞ before exp (docs/model-spec.md §3.6), so any λ ≤ 0 is safe."""
     X = (Gbar[..., :, None, :] - G[..., None, :, :]).to(r.dtype)  # [.., c(t), c(j), m]
     E = torch.exp(X.masked_fill(~mask[..., None], float("-inf")))
     return (E * k[..., None, :, :]) @ r[..., :, :, None]  # [.., c, c, 1]: Σ_n over the last axis
@@ -91,12 +91,12 @@ def _scores(r, k, Gbar, G, strict, limit):
 
 
 def _wkv6_block(r, lam, k, v, u, S, reset, c):
-    """Spec §3.6 on one block of whole chunks: r, k, v [B,Tb,H,N] in the compute dtype, lam [B,Tb,H,N]
+    """docs/model-spec.md §3.6 on one block of whole chunks: r, k, v [B,Tb,H,N] in the compute dtype, lam [B,Tb,H,N]
     the log-decay (any float dtype), u [H,N], S [B,H,N(key),N(value)]."""
     r, k, v = (to_chunks(x, c) for x in (r, k, v))
     dt = r.dtype
     H, N = u.shape
-    # fp64 cumulative log-decay (spec §3.6: in fp32 |G| in the thousands loses the differences)
+    # fp64 cumulative log-decay (docs/model-spec.md §3.6: in fp32 |G| in the thousands loses the differences)
     lam = to_chunks(lam.to(torch.float64).clamp(min=MIN_LOG_DECAY), c)
     G = lam.cumsum(-2)  # inclusive
     Gbar = F.pad(G[..., :-1, :], (0, 0, 1, 0))  # exclusive, exactly G_{t−1}
@@ -132,7 +132,7 @@ def wkv6_chunked(r, w, k, v, u, state=None, reset=None, chunk_size: int | None =
     dt = compute_dtype(r)
     c = min(chunk_size or DEFAULT_CHUNK, T)
     T_pad = -(-T // c) * c
-    # padding: r = k = v = 0 and λ = 0 (decay 1) leave outputs and the final state unchanged (spec §3.4)
+    # padding: r = k = v = 0 and λ = 0 (decay 1) leave outputs and the final state unchanged (docs/model-spec.md §3.4)
     seq = [pad_time(x.to(dt), T_pad) for x in (r, k, v)] + [pad_time(w, T_pad)]
     reset = None if reset is None else pad_time(reset, T_pad, value=False)
     S = zero_state(B, H, N, dt, r.device) if state is None else state.to(dt)
@@ -142,7 +142,7 @@ def wkv6_chunked(r, w, k, v, u, state=None, reset=None, chunk_size: int | None =
 
 
 def wkv5_chunked(r, w, k, v, u, state=None, reset=None, chunk_size: int | None = None):
-    """Chunked WKV-5.2 (spec §2.2): WKV-6 with the time-invariant log-decay `w` [H, N]."""
+    """Chunked WKV-5.2 (docs/model-spec.md §2.2): WKV-6 with the time-invariant log-decay `w` [H, N]."""
     B, T, H, N = r.shape
     check_v56_params("wkv5", w, u, (B, T, H, N))
     dt = compute_dtype(r)

@@ -1,6 +1,6 @@
-"""Reference WKV-6 and WKV-5: the per-token recurrence of model-spec §2.1/§2.2, written for clarity.
+"""Reference WKV-6 and WKV-5: the per-token recurrence of docs/model-spec.md §2.1/§2.2, written for clarity.
 
-Every fast backend is tested against these functions (house style §5.1).
+Every fast backend is tested against these functions (docs/design.md §5.1).
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ def check_v56_params(name: str, w, u, shape) -> None:
         raise ValueError(f"{name}: bonus `u` (time_faaaa) has shape {tuple(u.shape)}, expected {(H, N)}")
     hi = float(w.detach().max())
     if not hi <= 0:
-        raise ValueError(f"{name}: log-decay `w` must be ≤ 0 (λ = −exp(ω), model-spec §2), got max {hi:.4g}. "
+        raise ValueError(f"{name}: log-decay `w` must be ≤ 0 (λ = −exp(ω), docs/model-spec.md §2), got max {hi:.4g}. "
                          "Pass λ = −exp(time_decay …), not ω or the decay exp(λ).")
 
 
 def wkv6_reference(r, w, k, v, u, state=None, reset=None):
     """Per-token WKV-6. See `rwkv.ops.wkv6` for the contract.
 
-    State S is [B, H, N(key), N(value)] (key-major, the pip layout for v5/v6); one step (spec §2.1):
+    State S is [B, H, N(key), N(value)] (key-major, the pip layout for v5/v6); one step (docs/model-spec.md §2.1):
         y_t = r_tᵀ (S + diag(u) k_t v_tᵀ);   S = diag(exp(λ_t)) S + k_t v_tᵀ
     with λ_t = `w[:, t]` the log-decay (≤ 0, unbounded below). `reset[b, t]` zeroes S before step t.
     """
@@ -50,7 +50,7 @@ def wkv6_reference(r, w, k, v, u, state=None, reset=None):
 
 
 def wkv5_reference(r, w, k, v, u, state=None, reset=None):
-    """Per-token WKV-5.2 (spec §2.2): WKV-6 with the time-invariant log-decay `w` of shape [H, N]."""
+    """Per-token WKV-5.2 (docs/model-spec.md §2.2): WKV-6 with the time-invariant log-decay `w` of shape [H, N]."""
     B, T, H, N = r.shape
     check_v56_params("wkv5", w, u, (B, T, H, N))
     return wkv6_reference(r, w.expand(B, T, H, N), k, v, u, state=state, reset=reset)

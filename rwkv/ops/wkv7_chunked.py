@@ -1,4 +1,4 @@
-"""Chunked WKV-7 in pure PyTorch (model-spec §3.4): parallel inside a chunk, sequential across chunks.
+"""Chunked WKV-7 in pure PyTorch (docs/model-spec.md §3.4): parallel inside a chunk, sequential across chunks.
 
 Per head and chunk of c tokens, with incoming state S₀ ([value, key]) and the inclusive cumulative
 log-decay G_t = Σ_{s≤t} λ_s (exclusive Ḡ_t = G_t − λ_t), the rows u_t = S_{t−1} a_t satisfy
@@ -9,7 +9,7 @@ log-decay G_t = Σ_{s≤t} λ_s (exclusive Ḡ_t = G_t − λ_t), the rows u_t =
 
 Everything that does not depend on S₀ is computed for all chunks of a block at once; only a c×N×N
 update per chunk runs in the sequential loop. The pairwise decays e^{G_t − G_j} are factorised around
-the mid-chunk value (spec §3.4: "choosing G_ref = mid-chunk halves the exponent"), which is safe
+the mid-chunk value (docs/model-spec.md §3.4: "choosing G_ref = mid-chunk halves the exponent"), which is safe
 because |λ| ≤ e^{-1/2} for RWKV-7.
 
 A `reset` mask (a document starts at token t: the state before t is zero) is handled exactly by
@@ -32,12 +32,12 @@ import torch
 
 from .common import check_log_decay, compute_dtype, pad_time, zero_state
 
-# RWKV-7's decay clamp gives λ = −e^{−1/2}·σ(ω) ∈ (−0.6066, 0) (spec §1.3). The factorised form below
+# RWKV-7's decay clamp gives λ = −e^{−1/2}·σ(ω) ∈ (−0.6066, 0) (docs/model-spec.md §1.3). The factorised form below
 # multiplies e^{±(G − G_ref)} factors; they stay finite in fp32 while c·|λ| < ~88. We accept a margin
 # above the clamp and refuse values that could overflow instead of returning NaN.
 MAX_ABS_LOG_DECAY = 1.0
 
-# Chunk length (spec §3.4 recommends 32 or 64). Measured c = 16/32/64, fp32 forward+backward, H=12,
+# Chunk length (docs/model-spec.md §3.4 recommends 32 or 64). Measured c = 16/32/64, fp32 forward+backward, H=12,
 # N=64, T=4096 (docs/benchmarks.md, "WKV kernels"): B=4 1.49/1.26/1.27 s, B=1 0.42/0.35/0.33 s (an
 # earlier run: 1.60/1.42/1.48 and 0.45/0.39/0.39). 32 and 64 tie within the machine's noise; 16 is
 # ~15% slower. 32 keeps half the factorised exponent range and half the fp32 error (9.7e-7 vs 1.9e-6).
@@ -151,7 +151,7 @@ def from_chunks(Y: torch.Tensor) -> torch.Tensor:
 
 
 def _wkv7_block(seq, static, S, reset, c):
-    """Spec §3.4 on one block of whole chunks; see the module docstring for the formulas."""
+    """docs/model-spec.md §3.4 on one block of whole chunks; see the module docstring for the formulas."""
     r, w, k, v, a, b = (to_chunks(x, c) for x in seq)
     dt, N = r.dtype, r.shape[-1]
     G = w.cumsum(dim=-2)  # inclusive cumulative log-decay, padded positions have λ = 0

@@ -1,6 +1,6 @@
-"""Reference WKV-7: the per-token recurrence of model-spec §1.3, written for clarity, not speed.
+"""Reference WKV-7: the per-token recurrence of docs/model-spec.md §1.3, written for clarity, not speed.
 
-Every fast backend is tested against this function (house style §5.1).
+Every fast backend is tested against this function (docs/design.md §5.1).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from .common import compute_dtype, zero_state
 def wkv7_reference(r, w, k, v, a, b, state=None, reset=None):
     """Per-token WKV-7. See `rwkv.ops.wkv7` for the contract.
 
-    State S is [B, H, N(value), N(key)]; one step (spec §1.3):
+    State S is [B, H, N(value), N(key)]; one step (docs/model-spec.md §1.3):
         sa = S a_t;  S = S diag(exp(w_t)) + sa b_tᵀ + v_t k_tᵀ;  y_t = S r_t
     `reset[b, t]` zeroes S before step t (a new document starts at token t).
     """

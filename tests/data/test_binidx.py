@@ -1,4 +1,4 @@
-"""binidx layout, round trip, make_data, magic_prime and the official offsets (model-spec.md §6)."""
+"""binidx layout, round trip, make_data, magic_prime and the official offsets (docs/model-spec.md §6)."""
 
 import json
 import struct
@@ -36,7 +36,7 @@ def test_round_trip_and_header_layout(tmp_path, dtype, code):
         w.add_item(it)
     w.close()
     raw = (tmp_path / "x.idx").read_bytes()
-    # spec §6.1: magic, version 1, dtype code, n, d, sizes, pointers, doc_idx
+    # docs/model-spec.md §6.1: magic, version 1, dtype code, n, d, sizes, pointers, doc_idx
     assert raw[:9] == MAGIC
     version, dcode, n, d = struct.unpack("<QBQQ", raw[9:34])
     assert (version, dcode, n, d) == (1, code, 4, 5)
@@ -109,7 +109,7 @@ def test_make_data_bad_line(tmp_path):
 
 
 def test_magic_prime_matches_official_examples():
-    # spec §6.2: minipile (1,498,226,207 tokens) and the Pile (332,115,325,534 tokens)
+    # docs/model-spec.md §6.2: minipile (1,498,226,207 tokens) and the Pile (332,115,325,534 tokens)
     assert magic_prime(1_498_226_207, 512) == 2926181
     assert magic_prime(1_498_226_207, 4096) == 365759
     assert magic_prime(332_115_325_534, 4096) == 81082817

@@ -1,5 +1,5 @@
 """Bad input -> one clear error naming the file and line (or column, or key) and nothing written
-(issue 3 §8)."""
+(docs/data.md "Errors")."""
 
 import subprocess
 import sys

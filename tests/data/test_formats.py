@@ -1,5 +1,5 @@
-"""Every record format and its loss mask (issue 3 §4), with the `bytes` tokenizer so that a learned
-token is easy to read: `learned_text` shows learned tokens as text and masked ones as '_'."""
+"""Every record format and its loss mask (docs/data.md "Formats and masks"), with the `bytes` tokenizer so
+that a learned token is easy to read: `learned_text` shows learned tokens as text and masked ones as '_'."""
 
 import numpy as np
 import pytest

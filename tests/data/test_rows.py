@@ -1,4 +1,4 @@
-"""Packing, rechunking, sorting, filtering and splitting on a hand-made document table (issue 3 §5)."""
+"""Packing, rechunking, sorting, filtering and splitting on a hand-made document table (docs/data.md "Rows")."""
 
 import numpy as np
 import pyarrow as pa

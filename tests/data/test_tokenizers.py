@@ -1,5 +1,5 @@
 """Tokenizers: world (pyrwkv) == spec vectors == the pure-Python trie; bytes; tokenizer.json; HF dir;
-neox lookup; vocab sizes; pickling (model-spec.md §5)."""
+neox lookup; vocab sizes; pickling (docs/model-spec.md §5)."""
 
 import pickle
 import random
@@ -15,7 +15,7 @@ from rwkv.data.tokenizers import (
 )
 from rwkv.data.world_trie import WorldTrie, parse_vocab, world_vocab_path
 
-# Spec §5.1 test vectors (identical in `rwkv` pip and pyrwkv_tokenizer).
+# docs/model-spec.md §5.1 test vectors (identical in `rwkv` pip and pyrwkv_tokenizer).
 VECTORS = [
     ("Today is a beautiful day. 今天是美好的一天。",
      [33520, 4600, 332, 59219, 21509, 47, 33, 10381, 11639, 13091, 15597, 11685, 14734, 10250, 11639, 10080]),
@@ -132,7 +132,7 @@ def test_neox_missing_file_error_names_where_to_put_it(monkeypatch, tmp_path):
     monkeypatch.setattr(T, "NEOX_SEARCH_PATHS", [tmp_path / "nowhere" / "20B_tokenizer.json"])
     with pytest.raises(DataError, match=r"20B_tokenizer\.json.*nowhere"):
         get_tokenizer("neox")
-    # vocab_size stays cheap and known without the file (spec §5.2 padding)
+    # vocab_size stays cheap and known without the file (docs/model-spec.md §5.2 padding)
     assert tokenizer_vocab_size("neox") == 50304
 
 

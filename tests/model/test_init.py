@@ -1,4 +1,4 @@
-"""Official init per parameter family (model-spec §1.4) and the init_model.py script."""
+"""Official init per parameter family (docs/model-spec.md §1.4) and the init_model.py script."""
 
 import math
 import subprocess
@@ -38,7 +38,7 @@ def test_orthogonal_matrices_and_gains(model):
         assert_orthogonal(b.att.receptance.weight, 1.0)
         assert_orthogonal(b.att.key.weight, 0.1)
         assert_orthogonal(b.att.value.weight, 1.0)
-        assert_orthogonal(b.ffn.key.weight, 1.0)  # [4C, C]: gain 1.0, no √(rows/cols) (spec §1.4)
+        assert_orthogonal(b.ffn.key.weight, 1.0)  # [4C, C]: gain 1.0, no √(rows/cols) (docs/model-spec.md §1.4)
     assert_orthogonal(model.head.weight, 0.5 * math.sqrt(V / C))
 
 
@@ -85,7 +85,7 @@ def test_init_model_script(tmp_path):
     out = tmp_path / "m.pth"
     p = run_init("--n_layer", 2, "--n_embd", 128, "--vocab_size", 1000, "--seed", 3, out)
     assert p.returncode == 0, p.stderr
-    assert "736,512 parameters" in p.stdout  # 2VC + 4C + L(19C + 2C·ΣD + 12C²), spec §1.1
+    assert "736,512 parameters" in p.stdout  # 2VC + 4C + L(19C + 2C·ΣD + 12C²), docs/model-spec.md §1.1
     sd = load_state_dict(out)
     assert all(t.dtype == torch.bfloat16 for t in sd.values())
     assert [p.name for p in tmp_path.iterdir()] == ["m.pth"]  # no temporary file left behind

@@ -1,8 +1,8 @@
-"""Our x060 / x052 against PyPI's `rwkv` 0.8.32 on the same .pth (issue 6 item 3, model-spec §4.2), and
+"""Our x060 / x052 against PyPI's `rwkv` 0.8.32 on the same .pth (docs/model-spec.md §4.2), and
 version detection in from_pth.
 
 The files are fp32 on purpose: pip's v4–v6 loader folds ln0 into emb.weight in the file's dtype before
-casting, so a bf16 file gives pip a bf16-rounded embedding even under `cpu fp32` (spec §4.2); our model
+casting, so a bf16 file gives pip a bf16-rounded embedding even under `cpu fp32` (docs/model-spec.md §4.2); our model
 applies ln0 in the compute dtype, as the trainer does.
 """
 
@@ -23,7 +23,7 @@ from rwkv.model.io import detect_version
 from tests.support.models import random_model
 from tests.support.pip_rwkv import run_pip_rwkv
 
-REL = 1e-4  # issue 6: logits equal within 1e-4 relative
+REL = 1e-4  # pip parity bound: logits equal within 1e-4 relative
 
 
 def rel_err(a, b):
@@ -34,7 +34,7 @@ def rel_err(a, b):
 @pytest.mark.parametrize("version", ["x060", "x052"])
 def test_pip_rwkv_loads_our_model(tmp_path, version):
     # n_layer 2: pip marks v5.2 only when it meets a 2-D time_decay after some ln_x key, which in official
-    # order first happens at blocks.1 (spec §4.2); official models all have many layers.
+    # order first happens at blocks.1 (docs/model-spec.md §4.2); official models all have many layers.
     model = random_model(version, n_layer=2, n_embd=128, vocab_size=1000, seed=1)
     pth = tmp_path / f"{version}.pth"
     save_pth(model, pth, dtype="fp32")
@@ -84,7 +84,7 @@ def test_from_pth_detects_version_and_sizes(tmp_path, version, cls):
 
 
 def test_detection_follows_pip_rules_and_rejects_older_versions(tmp_path):
-    """pip (spec §4.2): `time_maa` -> 6; `ln_x` + a 2-D time_decay [H, N>1] -> 5.2; x070 has att.r_k.
+    """pip (docs/model-spec.md §4.2): `time_maa` -> 6; `ln_x` + a 2-D time_decay [H, N>1] -> 5.2; x070 has att.r_k.
     Files pip would call 5.0/5.1 (no ln_x, or time_decay per head only) are refused with a clear error."""
     cfg = RWKVConfig(version="x052", n_layer=2, n_embd=64, head_size=16, vocab_size=50)
     sd = build_model(cfg).state_dict()

@@ -16,7 +16,7 @@ from tests.support.models import random_model
 
 
 def test_infer_config_reads_ranks_from_shapes(tmp_path):
-    # unusual ranks (older formula) must be read back, never recomputed (spec §1.1)
+    # unusual ranks (older formula) must be read back, never recomputed (docs/model-spec.md §1.1)
     cfg = RWKVConfig(n_layer=3, n_embd=128, vocab_size=500, d_decay_lora=96, d_aaa_lora=64, d_mv_lora=32,
                      d_gate_lora=160, head_size=32)
     save_pth(build_model(cfg, init=True), tmp_path / "m.pth")

@@ -1,4 +1,4 @@
-"""x052 model: names/order/shapes (spec §2.2), state carrying, document reset, dtypes, grad_cp."""
+"""x052 model: names/order/shapes (docs/model-spec.md §2.2), state carrying, document reset, dtypes, grad_cp."""
 
 import pytest
 import torch
@@ -29,7 +29,7 @@ def test_parameter_names_order_and_shapes():
     a, f = "blocks.1.att.", "blocks.2.ffn."
     for name in ATT_ORDER[:4]:
         assert shapes[a + name] == (1, 1, C), name
-    # time_decay is [H, N] in x052 (pip detects v5.2 from its second dimension, spec §4.2)
+    # time_decay is [H, N] in x052 (pip detects v5.2 from its second dimension, docs/model-spec.md §4.2)
     assert shapes[a + "time_decay"] == (H, N) and shapes[a + "time_faaaa"] == (H, N)
     for name in ("receptance", "key", "value", "output", "gate"):
         assert shapes[a + name + ".weight"] == (C, C)
@@ -48,7 +48,7 @@ def test_ln_x_equals_official_divided_groupnorm():
 
 
 def test_mix_convention_is_complement_of_maa():
-    """time_mix = 1 keeps the current token only (z·mix + z_prev·(1 − mix)), spec §2.2: then the first
+    """time_mix = 1 keeps the current token only (z·mix + z_prev·(1 − mix)), docs/model-spec.md §2.2: then the first
     token's logits do not depend on the carried x_prev."""
     model = random_model("x052", n_layer=2, n_embd=64, head_size=16, vocab_size=97).double()
     with torch.no_grad():

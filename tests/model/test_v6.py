@@ -1,4 +1,4 @@
-"""x060 model: names/order/shapes (spec §2.1), state carrying, document reset, dtypes, grad_cp."""
+"""x060 model: names/order/shapes (docs/model-spec.md §2.1), state carrying, document reset, dtypes, grad_cp."""
 
 import pytest
 import torch
@@ -24,7 +24,7 @@ def test_parameter_names_order_and_shapes():
     assert isinstance(model, RWKV6)
     sd = model.state_dict()
     assert list(sd) == checks.official_keys(3, ATT_ORDER, FFN_ORDER)
-    C, H, N, F = 768, 12, 64, 2688  # F = int(3.5C // 32 · 32) (spec §2)
+    C, H, N, F = 768, 12, 64, 2688  # F = int(3.5C // 32 · 32) (docs/model-spec.md §2)
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
     a, f = "blocks.1.att.", "blocks.2.ffn."
     for name in ATT_ORDER[:6] + ["time_decay"]:
@@ -38,7 +38,7 @@ def test_parameter_names_order_and_shapes():
     assert shapes[f + "time_maa_k"] == (1, 1, C) and shapes[f + "time_maa_r"] == (1, 1, C)
     assert shapes[f + "key.weight"] == (F, C) and shapes[f + "receptance.weight"] == (C, C)
     assert shapes[f + "value.weight"] == (C, F)
-    assert model.blocks[0].att.ln_x.eps == 64e-5  # 1e-5 · head_size_divisor² (spec §2.1)
+    assert model.blocks[0].att.ln_x.eps == 64e-5  # 1e-5 · head_size_divisor² (docs/model-spec.md §2.1)
     assert all(p.requires_grad for p in model.parameters())
 
 
@@ -77,7 +77,7 @@ def test_bf16_model_keeps_wkv_state_fp32():
 
 
 def test_extreme_decays_stay_finite():
-    """The v6 log-decay −exp(ω) is unbounded below (spec §2.1 / §3.6): channels that forget almost
+    """The v6 log-decay −exp(ω) is unbounded below (docs/model-spec.md §2.1 / §3.6): channels that forget almost
     instantly (ω = 4: decay e^{−55}) next to channels that barely decay (ω = −12) must give finite
     outputs and gradients, and segmenting must not change them."""
     model = random_model("x060", n_layer=2, n_embd=64, head_size=16, vocab_size=97)

@@ -1,4 +1,4 @@
-"""Official init of x060 (model-spec §2.1) and x052 (§2.2) per parameter family, and init_model.py."""
+"""Official init of x060 (docs/model-spec.md §2.1) and x052 (§2.2) per parameter family, and init_model.py."""
 
 import math
 import subprocess
@@ -26,7 +26,7 @@ def x052():
 
 
 def ratios(l):
-    return l / (L - 1), 1 - l / L  # r01, r10 (spec §1.4)
+    return l / (L - 1), 1 - l / L  # r01, r10 (docs/model-spec.md §1.4)
 
 
 # Expected values written out from the spec formulas, independently of rwkv.model.init_v6.
@@ -60,7 +60,7 @@ def test_linear_layers_gains_and_zeros(version, request):
         assert_orthogonal(b.att.key.weight, 0.1)
         assert_orthogonal(b.att.value.weight, 1.0)
         assert_orthogonal(b.att.gate.weight, 0.1)
-        assert_orthogonal(b.ffn.key.weight, 1.0)  # [F, C]: gain used as-is (spec §2.1)
+        assert_orthogonal(b.ffn.key.weight, 1.0)  # [F, C]: gain used as-is (docs/model-spec.md §2.1)
         for t in (b.att.output.weight, b.ffn.receptance.weight, b.ffn.value.weight):
             assert torch.count_nonzero(t) == 0
     assert_orthogonal(model.head.weight, 0.5 * math.sqrt(V / C))
@@ -143,7 +143,7 @@ def test_init_model_script(tmp_path, version, cls):
     p = run_init("--version", version, "--n_layer", 2, "--n_embd", 128, "--vocab_size", 1000, out)
     assert p.returncode == 0, p.stderr
     sd = load_state_dict(out)
-    assert all(t.dtype == torch.bfloat16 for t in sd.values())  # official files are bf16 (spec §1.2)
+    assert all(t.dtype == torch.bfloat16 for t in sd.values())  # official files are bf16 (docs/model-spec.md §1.2)
     cfg = infer_config(sd)
     assert (cfg.version, cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.dim_ffn) == (version, 2, 128, 1000, 448)
     n_params = sum(t.numel() for t in sd.values())

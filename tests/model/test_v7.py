@@ -1,4 +1,4 @@
-"""x070 model: names/order/shapes (spec §1.2), state carrying, document reset, dtypes, grad_cp."""
+"""x070 model: names/order/shapes (docs/model-spec.md §1.2), state carrying, document reset, dtypes, grad_cp."""
 
 import pytest
 import torch
@@ -28,14 +28,15 @@ def test_parameter_names_order_and_shapes():
         sd = build_model(cfg).state_dict()
     assert list(sd) == official_keys(3)
     C, H, N = 768, 12, 64
-    assert (cfg.d_decay_lora, cfg.d_aaa_lora, cfg.d_mv_lora, cfg.d_gate_lora) == (64, 64, 32, 128)  # spec §1.1
+    # docs/model-spec.md §1.1
+    assert (cfg.d_decay_lora, cfg.d_aaa_lora, cfg.d_mv_lora, cfg.d_gate_lora) == (64, 64, 32, 128)
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
     assert shapes["emb.weight"] == (65536, C) and shapes["head.weight"] == (65536, C)
     assert shapes["blocks.1.att.x_r"] == (1, 1, C) and shapes["blocks.1.att.r_k"] == (H, N)
     assert shapes["blocks.1.att.w1"] == (C, 64) and shapes["blocks.1.att.w2"] == (64, C)
     assert shapes["blocks.1.att.g1"] == (C, 128) and shapes["blocks.1.att.v2"] == (32, C)
     assert shapes["blocks.2.ffn.key.weight"] == (4 * C, C) and shapes["blocks.2.ffn.value.weight"] == (C, 4 * C)
-    # total parameter count formula of spec §1.1 (L12-C768-V65536 = 191,084,544)
+    # total parameter count formula of docs/model-spec.md §1.1 (L12-C768-V65536 = 191,084,544)
     cfg12 = RWKVConfig(n_layer=12, n_embd=768, vocab_size=65536)
     with torch.device("meta"):
         assert sum(p.numel() for p in build_model(cfg12).parameters()) == 191_084_544
@@ -93,7 +94,7 @@ def test_state_is_a_value_never_mutated():
 
 
 def test_document_reset_equals_documents_alone():
-    """With reset at a document start, each document's logits equal running it alone (issue 4 item 2)."""
+    """With reset at a document start, each document's logits equal running it alone (docs/tbptt.md "Packed rows")."""
     model = random_model(n_layer=2, n_embd=64, head_size=16, vocab_size=50).double()
     d1, d2, d3 = (torch.randint(0, 50, (1, n)) for n in (13, 40, 21))
     row = torch.cat([d1, d2, d3], 1)

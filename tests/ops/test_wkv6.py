@@ -1,8 +1,8 @@
-"""WKV-6 and WKV-5: the chunked backend against the per-token reference (issue 6 item 1, DESIGN.md §6).
+"""WKV-6 and WKV-5: the chunked backend against the per-token reference (docs/design.md §5.1, §6).
 
 Same matrix as WKV-7 (outputs, final state, gradients of every input incl. the initial state and u; fp64
 abs ≤ 1e-10, fp32 rel ≤ 1e-4; awkward T; chunks 16/32/64), with ω from the x060 time_decay init range
-plus a few channels at trained-model fast decays down to λ ≈ −1e4 (model-spec §3.6: the decay is
+plus a few channels at trained-model fast decays down to λ ≈ −1e4 (docs/model-spec.md §3.6: the decay is
 unbounded). Also: each A-matrix path (factorised, mixed, all pairwise), λ = −1e30 / −inf, fp32 accuracy
 when |G| reaches the thousands, segments == whole, reset == separate documents.
 """
@@ -101,7 +101,7 @@ def test_extreme_log_decays_stay_finite(huge, dtype_name):
 
 
 def test_fp32_accurate_when_cumulative_decay_is_in_the_thousands():
-    """Spec §3.6: with an fp32 cumulative sum the pairwise differences lose ~3e-4 at |G| ~ thousands;
+    """docs/model-spec.md §3.6: with an fp32 cumulative sum the pairwise differences lose ~3e-4 at |G| ~ thousands;
     the fp64 sums keep fp32 chunked within 1e-5 of the fp64 truth."""
     x = v6_inputs(1, 64, 2, 64, seed=9)
     x["w"][..., 8:24] = -torch.empty_like(x["w"][..., 8:24]).uniform_(50.0, 200.0)  # |G_c| ≈ 4000 at c=32

@@ -1,4 +1,4 @@
-"""WKV-7: the chunked backend against the per-token reference (issue 2 item 2, DESIGN.md §6).
+"""WKV-7: the chunked backend against the per-token reference (docs/design.md §5.1, §6).
 
 Outputs, final state and the gradients of every input including the initial state, in fp64 (abs ≤ 1e-10)
 and fp32 (rel ≤ 1e-4), at awkward T and chunk sizes 16/32/64, with inputs in the real range; segments
@@ -149,7 +149,7 @@ def test_auto_is_chunked_on_cpu_when_the_c_kernel_is_not_ready(monkeypatch):
 
 
 def test_dispatch_dtypes_bf16():
-    """Contract (DESIGN.md §3): y in the input dtype, the state in fp32, gradients reach every input."""
+    """Contract (docs/design.md §3): y in the input dtype, the state in fp32, gradients reach every input."""
     x = {n: t.to(torch.bfloat16).requires_grad_() for n, t in v7_inputs(1, 33, 2, 8).items()}
     s0 = _state(1, 2, 8).float().requires_grad_()
     y, S = wkv7(**x, state=s0, backend="chunked")

@@ -17,7 +17,7 @@ TOL_REL_FP32 = 1e-4
 
 
 def v7_inputs(B, T, H, N, seed=0):
-    """RWKV-7 kernel inputs in their real range (model-spec §1.3): λ = −e^{−½}σ(ω), a = −κ̂, b = κ̂⊙α."""
+    """RWKV-7 kernel inputs in their real range (docs/model-spec.md §1.3): λ = −e^{−½}σ(ω), a = −κ̂, b = κ̂⊙α."""
     g = torch.Generator().manual_seed(seed)
     rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
     omega = 2.0 * rnd(B, T, H, N)
@@ -30,7 +30,7 @@ def v7_inputs(B, T, H, N, seed=0):
 
 
 def v6_omega(B, T, H, N, g, strong=True):
-    """ω for x060 as initialised (spec §2.1: time_decay_n = −6 + 5·(n/(C−1))^(0.7+1.3·r01), plus a small
+    """ω for x060 as initialised (docs/model-spec.md §2.1: time_decay_n = −6 + 5·(n/(C−1))^(0.7+1.3·r01), plus a small
     data-dependent LoRA term), and, when `strong`, a few channels pushed to fast decays as in trained
     models: λ = −exp(ω) down to about −1e4."""
     C = H * N
@@ -84,7 +84,7 @@ def max_abs(a: dict, b: dict) -> dict:
 
 
 def max_rel(a: dict, b: dict) -> dict:
-    """max |a − b| / max |b| per tensor (the tolerance unit of issue 2 for fp32)."""
+    """max |a − b| / max |b| per tensor (the unit of the fp32 tolerances in these tests)."""
     return {key: (a[key].double() - b[key].double()).abs().max().item()
             / max(b[key].abs().max().item(), 1e-30) for key in b}
 

@@ -1,4 +1,4 @@
-"""Test-only callbacks that kill a real training process at a chosen point (issue 4 item 7)."""
+"""Test-only callbacks that kill a real training process at a chosen point (resume tests, docs/checkpoints.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Test-only callback that makes the loss non-finite for one optimizer step (issue 4 item 8)."""
+"""Test-only callback that makes the loss non-finite for one optimizer step (for the NaN/inf guard tests of
+tests/e2e/test_logging_guards.py)."""
 
 import lightning.pytorch as pl
 import torch

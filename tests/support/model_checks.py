@@ -1,4 +1,4 @@
-"""Version-independent model invariants (DESIGN.md §3 "Model", §5.6), shared by tests/model/test_v6.py and
+"""Version-independent model invariants (docs/design.md §3.2, §5.6), shared by tests/model/test_v6.py and
 test_v5.py: segmented == whole, token-by-token == parallel, document reset == documents alone, the
 state is a value, grad_cp gives identical gradients, bf16 keeps the WKV state in fp32."""
 
@@ -15,7 +15,7 @@ def tiny(version, dtype=torch.float64, **kw):
 
 
 def official_keys(L, att, ffn):
-    """Official key order (spec §1.2 / §2): emb; per layer ln1, ln2, (ln0), att.*, ffn.*; ln_out, head."""
+    """Official key order (docs/model-spec.md §1.2 / §2): emb; per layer ln1, ln2, (ln0), att.*, ffn.*; ln_out, head."""
     keys = ["emb.weight"]
     for l in range(L):
         keys += [f"blocks.{l}.{n}.{p}" for n in ("ln1", "ln2") for p in ("weight", "bias")]
@@ -70,7 +70,7 @@ def check_state_never_mutated(version):
 
 
 def check_reset_equals_documents_alone(version):
-    """reset[t] = a document starts at t: each document's logits equal running it alone (issue 4 item 2),
+    """reset[t] = a document starts at t: each document's logits equal running it alone (docs/tbptt.md "Packed rows"),
     even when the row starts from a non-zero carried state."""
     model = tiny(version)
     d1, d2, d3 = (torch.randint(0, 97, (1, n)) for n in (13, 40, 21))
@@ -102,7 +102,7 @@ def check_grad_cp_identical_grads(version):
 
 
 def check_gradient_reaches_carried_state(version):
-    """Full BPTT needs d(loss)/d(state in) for every carried tensor (DESIGN.md §3 "Segment loop")."""
+    """Full BPTT needs d(loss)/d(state in) for every carried tensor (docs/design.md §3.4)."""
     model = tiny(version)
     _, st = model(torch.randint(0, 97, (2, 5)))
     st = tuple(tuple(t.detach().requires_grad_(True) for t in layer) for layer in st)

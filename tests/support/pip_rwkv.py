@@ -1,4 +1,4 @@
-"""Call PyPI's `rwkv` package on a .pth in an isolated subprocess (DESIGN.md §6: our package shadows it)."""
+"""Call PyPI's `rwkv` package on a .pth in an isolated subprocess (docs/design.md §6: our package shadows it)."""
 
 import subprocess
 import sys

@@ -15,7 +15,7 @@ import torch
 def main(req_path: str, out_path: str) -> None:
     req = torch.load(req_path, weights_only=False)
     if req["version"] == "x070":
-        os.environ["RWKV_V7_ON"] = "1"  # must be set before importing rwkv.model (model-spec §4.2)
+        os.environ["RWKV_V7_ON"] = "1"  # must be set before importing rwkv.model (docs/model-spec.md §4.2)
     os.environ.setdefault("RWKV_JIT_ON", "1")
     os.environ["RWKV_CUDA_ON"] = "0"
     import rwkv

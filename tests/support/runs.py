@@ -1,4 +1,4 @@
-"""Run the real entry scripts in subprocesses on tiny configs (DESIGN.md §6: never DDP in-process)."""
+"""Run the real entry scripts in subprocesses on tiny configs (docs/design.md §6: never DDP in-process)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-// RWKV-7's key preparation before the WKV kernel (model-spec §1.3), per token and head of N channels:
+// RWKV-7's key preparation before the WKV kernel (docs/model-spec.md §1.3), per token and head of N channels:
 //   kk = normalize(k ⊙ k_k)  (L2 over the head, eps 1e-12 as F.normalize),  k' = k ⊙ (1 + (a − 1) ⊙ k_a),
 //   and the kernel's in-context-learning inputs  a_in = −kk,  b_in = kk ⊙ a.
 // Why in C: in PyTorch these are ~10 passes over [B, T, C] forward and ~20 backward (mul, norm, clamp,

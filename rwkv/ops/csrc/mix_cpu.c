@@ -1,4 +1,4 @@
-// Token-shift mixes on the CPU (model-spec §1.3): out_k = x + (z_{t−1} − x) ⊙ m_k for k = 0..K−1, with
+// Token-shift mixes on the CPU (docs/model-spec.md §1.3): out_k = x + (z_{t−1} − x) ⊙ m_k for k = 0..K−1, with
 // z_{−1} = the carried x_prev and z_{t−1} = 0 where a document starts (reset). RWKV-7's time-mix takes
 // K = 6 of them (x_r, x_w, x_k, x_v, x_a, x_g) from one x, its channel-mix K = 1.
 //

@@ -1,16 +1,16 @@
-// RWKV-7 WKV on the CPU: the per-token recurrence of model-spec §1.3 in fp32, forward and backward,
+// RWKV-7 WKV on the CPU: the per-token recurrence of docs/model-spec.md §1.3 in fp32, forward and backward,
 // with initial state, final state, state gradient and the per-document reset mask (rwkv.ops contract).
 //
 // Per (batch, head), state S [value i, key j] row-major, decay d_t = exp(λ_t):
 //   sa_t = S_{t-1} a_t;   S_t = S_{t-1} diag(d_t) + sa_t b_tᵀ + v_t k_tᵀ;   y_t = S_t r_t.
 // Why a sequential loop: a 64x64 state (16 KB) stays in L1 and every step is a few passes over it
-// with unit-stride vector loads; the chunked PyTorch form (spec §3.4) spends its time in small
+// with unit-stride vector loads; the chunked PyTorch form (docs/model-spec.md §3.4) spends its time in small
 // batched matmuls and elementwise temporaries instead (docs/benchmarks.md, "WKV kernels").
 //
 // Backward without back-stepping: the forward stores the state entering every `L`-token span
 // ("snapshot"); the backward walks the spans in reverse, recomputes the span's L states forward
 // from its snapshot into a small buffer (L+1 states, L2-resident), then runs the exact reverse step
-// for each token. No division by the decay (unlike the official CUDA kernel, spec §3.1), so a reset
+// for each token. No division by the decay (unlike the official CUDA kernel, docs/model-spec.md §3.1), so a reset
 // needs no special path: the recomputation applies it as the forward did.
 //
 // The span L is the caller's (rwkv/ops/cpu_backend.py SPAN, 32). Two implementations with one interface:
