@@ -31,6 +31,9 @@ TRAINER_DEFAULTS = {
 class RWKVCLI(LightningCLI):
     def __init__(self, args=None, run: bool = True):
         register_strategies()
+        # the command line as given, for the `--data.*` overrides that error messages repeat
+        self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(
+            args, dict | Namespace) else []
         super().__init__(
             RWKVLitModule, RWKVDataModule, trainer_class=RWKVTrainer, args=args, run=run,
             trainer_defaults=dict(TRAINER_DEFAULTS), save_config_kwargs={"overwrite": True},
@@ -59,11 +62,16 @@ class RWKVCLI(LightningCLI):
         callbacks = trainer.get("callbacks") or []
         names = [str(getattr(cb, "class_path", "") or (cb.get("class_path") if isinstance(cb, dict) else ""))
                  for cb in callbacks]
+        # A fixed directory (not per logger version), so that resume finds the previous run's checkpoints.
+        # It follows default_root_dir: configs name no ModelCheckpoint dirpath, so `--trainer.default_root_dir`
+        # moves checkpoints with the logs; a dirpath the user states is kept.
+        ckpt_dir = os.path.join(root, "checkpoints")
+        for cb, name in zip(callbacks, names):
+            if name.endswith("ModelCheckpoint"):
+                _default_dirpath(cb, ckpt_dir)
         if trainer.get("enable_checkpointing") is not False and not any("ModelCheckpoint" in n for n in names):
-            # a fixed directory (not per logger version), so that resume finds the previous run's checkpoints
             callbacks.append(Namespace(class_path="lightning.pytorch.callbacks.ModelCheckpoint",
-                                       init_args=Namespace(dirpath=os.path.join(root, "checkpoints"),
-                                                           save_last=True)))
+                                       init_args=Namespace(dirpath=ckpt_dir, save_last=True)))
         if trainer.get("enable_progress_bar") is not False and not any("ProgressBar" in n for n in names):
             callbacks.append(Namespace(class_path="lightning.pytorch.callbacks.TQDMProgressBar",
                                        init_args=Namespace(refresh_rate=1)))
@@ -74,6 +82,7 @@ class RWKVCLI(LightningCLI):
         cfg_files = self.config.get(self.subcommand, self.config).get("config") if self.subcommand else None
         if cfg_files:
             self.datamodule.config_path = os.fspath(cfg_files[0])
+        self.datamodule.preload_overrides = data_overrides(self._argv)
 
     def before_fit(self) -> None:
         cfg = self.config[self.subcommand]
@@ -89,6 +98,36 @@ class RWKVCLI(LightningCLI):
                 self.config_init[self.subcommand]["ckpt_path"] = str(ckpt)  # what fit() receives
             else:
                 self.trainer.print("auto_resume: no complete checkpoint found, starting from scratch")
+
+
+def data_overrides(argv: list[str]) -> list[str]:
+    """The `--data.KEY VALUE`, `--data.KEY=VALUE` and `--data VALUE` items of a command line, in order:
+    what `preload_datapath.py CONFIG` needs on its own command line to build the same data."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith(("--data.", "--data=")) or a == "--data":
+            if "=" in a or i + 1 == len(argv):
+                out.append(a)
+            else:
+                out += [a, argv[i + 1]]
+                i += 1
+        i += 1
+    return out
+
+
+def _default_dirpath(callback, ckpt_dir: str) -> None:
+    """Set a ModelCheckpoint callback's `dirpath` to `ckpt_dir` when the config leaves it unset."""
+    if isinstance(callback, dict):
+        init = callback.setdefault("init_args", {})
+        if isinstance(init, dict) and not init.get("dirpath"):
+            init["dirpath"] = ckpt_dir
+        return
+    init = getattr(callback, "init_args", None)
+    if init is None:
+        callback.init_args = Namespace(dirpath=ckpt_dir)
+    elif not init.get("dirpath"):
+        init["dirpath"] = ckpt_dir
 
 
 def main(args=None) -> None:

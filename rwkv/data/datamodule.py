@@ -22,6 +22,8 @@ class RWKVDataModule(DataConfig, pl.LightningDataModule):
 
     #: Set by the CLI to the YAML path, so messages can name `python preload_datapath.py <path>`.
     config_path: str | None = None
+    #: Set by the CLI to the command line's `--data.*` items, repeated in that command.
+    preload_overrides: tuple[str, ...] | list[str] = ()
 
     # -- sizes linked into the model --------------------------------------------------------
     @property
@@ -39,7 +41,10 @@ class RWKVDataModule(DataConfig, pl.LightningDataModule):
         return int(trainer.global_rank), int(trainer.world_size)
 
     def _preload_command(self) -> str:
-        return f"python preload_datapath.py {self.config_path or '<your config.yaml>'}"
+        import shlex
+
+        config = shlex.quote(self.config_path) if self.config_path else "<your config.yaml>"
+        return " ".join(["python preload_datapath.py", config, *map(shlex.quote, self.preload_overrides)])
 
     def prepare_data(self) -> None:
         """Build a missing/stale data_path when auto_preload is on. Lightning calls this on local
