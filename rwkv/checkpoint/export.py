@@ -1,6 +1,9 @@
-"""Export a Lightning checkpoint file or a DeepSpeed checkpoint directory (ZeRO 1/2/3, any world size)
-as an official RWKV .pth: flat tensor dict, wrapper prefixes stripped, official key order, chosen dtype,
-written atomically (model-spec §4.1)."""
+"""Export a Lightning checkpoint file, a DeepSpeed checkpoint directory (ZeRO 1/2/3, any world size), an
+official .pth / .safetensors or a Hugging Face (fla) RWKV-7 directory as
+- `pth`: an official RWKV .pth: flat tensor dict, wrapper prefixes stripped, official key order, chosen
+  dtype, written atomically (docs/model-spec.md §4.1);
+- `safetensors`: the same tensors and names in a safetensors file (docs/model-spec.md §4.3);
+- `hf`: a directory that fla's RWKV7ForCausalLM loads (docs/model-spec.md §4.4, rwkv.checkpoint.hf)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,14 @@ from pathlib import Path
 
 import torch
 
-from ..model.io import CheckpointMismatch, official_order, save_pth, strip_prefixes
+from ..model.io import DTYPES, CheckpointMismatch, official_order, save_pth, strip_prefixes
+from . import hf
+from .safetensors_io import is_safetensors, load_safetensors, save_safetensors
+
+FORMATS = ("pth", "hf", "safetensors")
+# bf16 is the official .pth dtype (docs/model-spec.md §1.2); safetensors runtimes on WebGPU (web-rwkv,
+# Runner's converter) use fp16 (docs/model-spec.md §4.3)
+DEFAULT_DTYPE = {"pth": "bf16", "hf": "bf16", "safetensors": "fp16"}
 
 
 class ExportError(ValueError):
@@ -44,9 +54,23 @@ def read_training_checkpoint(path) -> dict:
     """Full-precision tensors of a training checkpoint, keyed by official names (prefixes stripped)."""
     path = Path(path)
     if not path.exists():
-        raise ExportError(f"{path}: no such checkpoint (expected a .ckpt file or a DeepSpeed checkpoint dir)")
+        cached = hf.hub_cache_dir(str(path))
+        if cached is None:
+            raise ExportError(f"{path}: no such checkpoint (expected a .ckpt file, a DeepSpeed checkpoint dir, "
+                              "an official .pth/.safetensors, a Hugging Face RWKV-7 dir or a cached hub id)")
+        path = cached
+    if hf.is_hf_dir(path):
+        try:
+            return hf.load_hf(path)
+        except (hf.HFFormatError, CheckpointMismatch, ValueError) as e:
+            raise ExportError(str(e)) from e
     if path.is_dir():
         sd = _deepspeed_state_dict(path)
+    elif is_safetensors(path):
+        try:
+            sd = load_safetensors(path)
+        except ValueError as e:
+            raise ExportError(str(e)) from e
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
@@ -62,12 +86,28 @@ def read_training_checkpoint(path) -> dict:
     return strip_prefixes({k: v for k, v in sd.items() if torch.is_tensor(v)})
 
 
-def export_checkpoint(ckpt, out, dtype: str = "bf16") -> dict:
-    """Write `out` (.pth) from `ckpt`; returns the exported tensors."""
+def export_checkpoint(ckpt, out, dtype: str | None = None, fmt: str = "pth", tokenizer: str | None = None,
+                      eos_token_id: int = 0) -> dict:
+    """Write `out` in format `fmt` (pth, hf or safetensors) from `ckpt`; returns the tensors written (fla
+    names for hf). `tokenizer` (hf only): a data tokenizer name whose Hugging Face files go along;
+    `eos_token_id`: the end-of-document id the model was trained with (data.eod_token_id)."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    dtype = dtype or DEFAULT_DTYPE[fmt]
     sd = read_training_checkpoint(ckpt)
     try:
         ordered = official_order(sd, source=str(ckpt), hint="The checkpoint is incomplete or was not written "
                                  "by this trainer; export an older or complete checkpoint.")
     except (CheckpointMismatch, ValueError, KeyError) as e:
         raise ExportError(f"{ckpt}: does not hold an RWKV model ({e})") from e
-    return save_pth(ordered, out, dtype=dtype)
+    if fmt == "pth":
+        return save_pth(ordered, out, dtype=dtype)
+    dt = DTYPES[dtype]
+    if fmt == "safetensors":
+        tensors = {k: v.detach().to("cpu", dt) for k, v in ordered.items()}
+        save_safetensors(tensors, out)
+        return tensors
+    try:
+        return hf.save_hf(ordered, out, dtype=dt, tokenizer=tokenizer, eos_token_id=eos_token_id, source=str(ckpt))
+    except hf.HFFormatError as e:
+        raise ExportError(str(e)) from e

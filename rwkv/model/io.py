@@ -42,10 +42,22 @@ def strip_prefixes(sd: dict) -> dict:
 
 
 def load_state_dict(path) -> dict:
-    """Read a .pth (or a Lightning checkpoint's `state_dict`) as a flat {official name: tensor} dict."""
+    """Read a .pth (or a Lightning checkpoint's `state_dict`), an official-name .safetensors, or a Hugging
+    Face (fla) RWKV-7 directory / cached hub id (docs/model-spec.md §4.4) as a flat {official name: tensor}
+    dict."""
+    from ..checkpoint import hf  # lazily: rwkv.checkpoint imports this module
+    from ..checkpoint.safetensors_io import is_safetensors, load_safetensors
+
     path = Path(path)
+    if not path.exists() and (cached := hf.hub_cache_dir(str(path))) is not None:
+        path = cached
+    if hf.is_hf_dir(path):
+        return hf.load_hf(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file (expected an RWKV .pth)")
+        raise FileNotFoundError(f"{path}: no such model file (expected an RWKV .pth, a .safetensors file or a "
+                                "Hugging Face RWKV-7 directory with config.json)")
+    if is_safetensors(path):
+        return strip_prefixes(load_safetensors(path))
     try:
         obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file name and what to do

@@ -1,4 +1,8 @@
-"""Command line of export_checkpoint.py (see rwkv.checkpoint.export)."""
+"""Command line of export_checkpoint.py (see rwkv.checkpoint.export).
+
+    python export_checkpoint.py SRC OUT [--format pth|hf|safetensors] [--dtype bf16|fp16|fp32]
+                                [--tokenizer NAME] [--eos-id N]
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,46 @@ import sys
 from pathlib import Path
 
 from ..checkpoint import ExportError, export_checkpoint
+from ..checkpoint.export import DEFAULT_DTYPE, FORMATS
+from ..data.errors import DataError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser alone, so that other options can be added next to these (one argument group each)."""
+    p = argparse.ArgumentParser(prog="export_checkpoint.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("ckpt", type=Path, help="Lightning .ckpt file, DeepSpeed checkpoint directory, official "
+                   ".pth/.safetensors, Hugging Face (fla) RWKV-7 directory or a hub id in the local HF cache")
+    p.add_argument("out", type=Path, help="output .pth / .safetensors file or HF directory (written to a "
+                   "temporary path, then renamed)")
+    fmt = p.add_argument_group("output format")
+    fmt.add_argument("--format", choices=FORMATS, default="pth",
+                     help="pth: official .pth (rwkv pip, RWKV Runner); hf: directory for fla's RWKV7ForCausalLM "
+                     "/ transformers (x070 only); safetensors: official names for Ai00 / web-rwkv / Runner WebGPU")
+    fmt.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
+                     help="default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_DTYPE.items())
+                     + "; use fp32 for exact v5/v6 parity with pip (docs/model-spec.md §4.2)")
+    hf = p.add_argument_group("Hugging Face directory (--format hf)")
+    hf.add_argument("--tokenizer", default=None,
+                    help="the data.tokenizer the model was trained with; a Hugging Face tokenizer (neox, a "
+                    "tokenizer.json, a tokenizer dir) is saved into the directory (world/bytes: see README)")
+    hf.add_argument("--eos-id", type=int, default=0,
+                    help="end-of-document id the model was trained with (data.eod_token_id, default 0)")
+    return p
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="export_checkpoint.py", description=__doc__)
-    p.add_argument("ckpt", type=Path, help="Lightning .ckpt file or DeepSpeed checkpoint directory")
-    p.add_argument("out", type=Path, help="output .pth (written to a temporary file, then renamed)")
-    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
-                   help="official files are bf16; use fp32 for exact v5/v6 parity with pip (model-spec §4.2)")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if args.format != "hf" and args.tokenizer:
+        print("export_checkpoint.py: --tokenizer applies to --format hf only", file=sys.stderr)
+        return 2
+    dtype = args.dtype or DEFAULT_DTYPE[args.format]
     try:
-        sd = export_checkpoint(args.ckpt, args.out, args.dtype)
-    except ExportError as e:
+        sd = export_checkpoint(args.ckpt, args.out, dtype, fmt=args.format, tokenizer=args.tokenizer,
+                               eos_token_id=args.eos_id)
+    except (ExportError, DataError) as e:
         print(f"export_checkpoint.py: {e}", file=sys.stderr)
         return 2
     n = sum(t.numel() for t in sd.values())
-    print(f"exported {len(sd)} tensors, {n:,} parameters ({args.dtype}) -> {args.out}")
+    print(f"exported {len(sd)} tensors, {n:,} parameters ({dtype}, {args.format}) -> {args.out}")
     return 0
