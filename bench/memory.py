@@ -40,7 +40,7 @@ def child(args) -> None:
     opt = build_optimizer(param_groups(model, 0.0), 1e-3, (0.9, 0.99), 1e-18)
     ids = torch.randint(0, args.vocab, (1, args.tokens + 1))
     mask = torch.ones(1, args.tokens + 1)
-    loss_fn = lambda h, tg, wt, n: head_ce_l2wrap(h, model.head.weight, tg, wt, n)
+    loss_fn = lambda h, tg, wt: head_ce_l2wrap(h, model.head.weight, tg, wt)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
     res = run_sample(model, ids, mask, args.ctx, args.bptt, loss_fn, lambda x: x.backward())
@@ -52,7 +52,7 @@ def child(args) -> None:
     state_bytes = cfg.n_layer * (2 * cfg.n_embd * 4 + cfg.n_head * cfg.head_size ** 2 * 4)
     print(json.dumps({"peak_kib": peak, "before_step_kib": base, "segments": n_seg, "seconds": seconds,
                       "boundary_states_mib": (n_seg * state_bytes / 2**20) if args.bptt == "full" else 0.0,
-                      "loss": res.loss_sum / res.learned}))
+                      "loss": float(res.loss_sum / res.learned)}))
 
 
 def measure(args, tokens: int, bptt: str) -> dict:

@@ -52,7 +52,7 @@ def bench_step(vocab: int, n_layer: int, n_embd: int, ctx: int, batch: int, step
     opt = build_optimizer(param_groups(model, 0.0), 6e-4, (0.9, 0.99), 1e-18)
     ids = torch.randint(0, vocab, (batch, ctx + 1))
     mask = torch.ones(batch, ctx + 1)
-    loss_fn = lambda h, tg, wt, n: head_ce_l2wrap(h, model.head.weight, tg, wt, n)
+    loss_fn = lambda h, tg, wt: head_ce_l2wrap(h, model.head.weight, tg, wt)
     params = [p for p in model.parameters() if p.requires_grad]
 
     def step():

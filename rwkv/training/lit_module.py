@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..model import RWKVConfig, build_model, check_state_dict, infer_config, load_state_dict
 from .loss import head_ce_l2wrap, logits_ce_l2wrap
 from .optim import build_optimizer, lr_at, param_groups
-from .segments import NonFiniteLoss, eval_sample, run_sample, segment_bounds
+from .segments import eval_sample, run_sample, segment_bounds
 
 
 class RWKVLitModule(pl.LightningModule):
@@ -128,16 +128,17 @@ class RWKVLitModule(pl.LightningModule):
         s = self.trainer.strategy
         return s if isinstance(s, DeepSpeedStrategy) else None
 
-    def _loss_fn(self, hidden, targets, weights, n_learned):
+    def _loss_fn(self, hidden, targets, weights, l2wrap: bool | None = None):
+        """Σ w·CE of a segment (+ L2Wrap in backward when training). The caller divides by the learned
+        tokens of the micro batch (segments.run_sample), which gives the official mean CE + L2Wrap."""
+        l2wrap = self.hparams.l2wrap if l2wrap is None else l2wrap
         ds = self._deepspeed
         if ds is not None and ds.zero_stage_3:  # head weight is partitioned: call the module
-            return logits_ce_l2wrap(self.model.head(hidden), targets, weights, n_learned, self.hparams.l2wrap)
-        return head_ce_l2wrap(hidden, self.model.head.weight, targets, weights, n_learned, self.hparams.l2wrap)
+            return logits_ce_l2wrap(self.model.head(hidden), targets, weights, l2wrap)
+        return head_ce_l2wrap(hidden, self.model.head.weight, targets, weights, l2wrap)
 
-    def _eval_loss_fn(self, hidden, targets, weights, n_learned):
-        if self._deepspeed is not None and self._deepspeed.zero_stage_3:
-            return logits_ce_l2wrap(self.model.head(hidden), targets, weights, n_learned, False)
-        return head_ce_l2wrap(hidden, self.model.head.weight, targets, weights, n_learned, False)
+    def _eval_loss_fn(self, hidden, targets, weights):
+        return self._loss_fn(hidden, targets, weights, l2wrap=False)
 
     def _backward(self, tensor):
         """A backward pass that is not the step's last (that one is Lightning's)."""
@@ -179,6 +180,18 @@ class RWKVLitModule(pl.LightningModule):
                 opt.zero_grad(set_to_none=True)
 
     # ---- training ----------------------------------------------------------------------------------
+    # Batch fields that describe the batch rather than feed the model stay on the CPU, so that planning a
+    # step (micro batch lengths, segment counts, token counts) never waits for the device.
+    HOST_FIELDS = ("lengths", "index")
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        if not isinstance(batch, dict):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        host = {k: batch[k] for k in self.HOST_FIELDS if k in batch}
+        moved = super().transfer_batch_to_device({k: v for k, v in batch.items() if k not in host}, device,
+                                                 dataloader_idx)
+        return {**moved, **host}
+
     def _micro_batches(self, batch):
         mb = getattr(self.trainer, "microbatch_size", batch["input_ids"].shape[0])
         B = batch["input_ids"].shape[0]
@@ -189,11 +202,20 @@ class RWKVLitModule(pl.LightningModule):
             out.append({k: (v[:, :L] if v.dim() == 2 else v) for k, v in part.items()})
         return out
 
-    def _all_reduce(self, values: list[float], op: str) -> list[float]:
-        if self.trainer.world_size == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        return self.trainer.strategy.reduce(t, reduce_op=op).tolist()
+    def _segment_counts(self, micro) -> list[int]:
+        """Segments of each micro batch, the maximum over ranks: every rank then makes the same number of
+        forward and backward calls (ZeRO-3 gathers parameters collectively in each)."""
+        local = [len(segment_bounds(m["input_ids"].shape[1] - 1, self.hparams.ctx_len)) for m in micro]
+        return [int(c) for c in self._all_reduce(local, "max")]
+
+    def _all_reduce(self, values, op: str) -> list[float]:
+        """Reduce a list of numbers (or device scalars) over ranks with one collective; returns floats
+        (the only host synchronisation of the values)."""
+        t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(())
+                         for v in values]) if values else torch.zeros(0, dtype=torch.float64, device=self.device)
+        if self.trainer.world_size > 1:
+            t = self.trainer.strategy.reduce(t, reduce_op=op)
+        return t.tolist()
 
     def on_train_batch_start(self, batch, batch_idx):
         hp = self.hparams
@@ -228,64 +250,82 @@ class RWKVLitModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         hp = self.hparams
         micro = self._micro_batches(batch)
-        # every rank runs as many segments per micro batch as the longest (padding segments otherwise)
-        counts = self._all_reduce([len(segment_bounds(m["input_ids"].shape[1] - 1, hp.ctx_len)) for m in micro],
-                                  "max")
+        counts = self._segment_counts(micro)
         local_tokens = sum(int(m["lengths"].sum()) if "lengths" in m else m["input_ids"].numel() for m in micro)
-        (step_tokens,) = self._all_reduce([float(local_tokens)], "sum")
         self._zero_grad()
         self._close_before_final = False
         self._open_sync_scope()
-        results, bad = [], None
+        results = []
         for i, m in enumerate(micro):
             try:
                 res = run_sample(self.model, m["input_ids"], m["loss_mask"], hp.ctx_len, hp.bptt, self._loss_fn,
                                  self._backward, reset=m.get("reset"), scale=1.0 / len(micro),
-                                 n_segments=int(counts[i]), defer_last=i == len(micro) - 1)
-            except NonFiniteLoss as e:  # handled below, after all ranks agree
-                bad = (i, e)
-                break
+                                 n_segments=counts[i], defer_last=i == len(micro) - 1)
             except BaseException:
                 self._close_sync_scope()
                 raise
             results.append(res)
-        (n_bad,) = self._all_reduce([1.0 if bad else 0.0], "max")
+        # The step's one read-back: loss and learned tokens summed on the device over micro batches, then
+        # over ranks in one collective, with the token count and a non-finite flag riding along.
+        loss_sum = torch.stack([torch.as_tensor(r.loss_sum).double() for r in results]).sum()
+        learned = torch.stack([torch.as_tensor(r.learned).double() for r in results]).sum()
+        local_bad = (~torch.isfinite(loss_sum)).double()
+        loss_sum_all, learned_all, step_tokens, n_bad = self._all_reduce(
+            [torch.nan_to_num(loss_sum, nan=0.0, posinf=0.0, neginf=0.0), learned, float(local_tokens),
+             local_bad], "sum")
         if n_bad:
-            return self._handle_nonfinite(batch, micro, bad)
+            return self._handle_nonfinite(micro, results, bool(local_bad.item()))
         if self._close_before_final:
             self._close_sync_scope()
         self.tokens_seen += int(step_tokens)
         self._step_tokens = step_tokens
-        loss_sum = sum(r.loss_sum for r in results)
-        learned = sum(r.learned for r in results)
-        self._log_step(loss_sum / max(learned, 1.0))
+        self._log_step(loss_sum_all / max(learned_all, 1.0))
         if hp.token_budget and self.tokens_seen >= hp.token_budget:
             self.trainer.should_stop = True
         return results[-1].deferred
 
-    def _handle_nonfinite(self, batch, micro, bad):
-        where = ""
-        if bad:
-            i, e = bad
-            rows = micro[i]["index"].tolist() if "index" in micro[i] else "unknown"
-            where = f" (rank {self.global_rank}, micro batch {i}, segment {e.segment}, dataset rows {rows})"
+    def _nonfinite_report(self, micro, results, local_bad: bool) -> str:
+        """Where the first non-finite loss of the step was, as every rank will print it: the lowest bad
+        rank's micro batch, segment and dataset rows (broadcast from that rank)."""
+        world = self.trainer.world_size
+        (first_bad,) = self._all_reduce([float(self.global_rank if local_bad else world)], "min")
+        first_bad = int(first_bad)
+        where = None
+        if self.global_rank == first_bad:
+            for i, (m, res) in enumerate(zip(micro, results)):
+                seg = res.first_nonfinite_segment()
+                if seg is not None:
+                    rows = m["index"].tolist() if "index" in m else "unknown"
+                    where = f"rank {first_bad}, micro batch {i}, segment {seg}, dataset rows {rows}"
+                    break
+        if world > 1:
+            where = self.trainer.strategy.broadcast(where, src=first_bad)
+        return where or f"rank {first_bad}"
+
+    def _handle_nonfinite(self, micro, results, local_bad: bool):
+        where = self._nonfinite_report(micro, results, local_bad)
         if self.hparams.on_nonfinite_loss == "stop":
             self._close_sync_scope()
-            raise RuntimeError(f"non-finite loss at step {self.global_step}{where}. Lower model.lr_init, check "
-                               "the data, or set model.on_nonfinite_loss: skip to skip such steps.")
-        self.print(f"skipping step {self.global_step}: non-finite loss{where}")
-        for p in self.model.parameters():
-            if p.grad is not None:
-                p.grad.zero_()
+            raise RuntimeError(f"non-finite loss at step {self.global_step} ({where}). Lower model.lr_init, "
+                               "check the data, or set model.on_nonfinite_loss: skip to skip such steps.")
+        self.print(f"skipping step {self.global_step}: non-finite loss ({where})")
         if self._deepspeed is None:
             for p in self.model.parameters():
                 p.grad = None  # AdamW leaves parameters without a gradient untouched: a true skip
             self._close_sync_scope()
             return None
-        # DeepSpeed needs a backward every step: a zero-valued one (the step then sees zero gradients)
-        return sum((p * 0).sum() for p in self.model.parameters() if p.requires_grad)
+        # DeepSpeed runs a backward and its engine step every step, and its ZeRO optimizers keep their own
+        # gradient buffers. Its overflow check is what discards a step without touching weights or Adam
+        # moments: give every rank an infinite gradient so that check fires on all of them (DeepSpeed's
+        # bf16.check_grad_overflow, on by default, makes bf16 runs check too).
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.zero_()
+        first = next(p for p in self.model.parameters() if p.requires_grad)
+        return sum((p * 0).sum() for p in self.model.parameters() if p.requires_grad) + first.sum() * float("inf")
 
     def _log_step(self, loss: float):
+        # the mean over all ranks' learned tokens (the all-reduce in training_step), logged by rank 0
         self.log("train/loss", loss, prog_bar=True, on_step=True, rank_zero_only=True)
         self.log("lr", self._lr, prog_bar=True, on_step=True, rank_zero_only=True)
         self.log("train/tokens", float(self.tokens_seen), on_step=True, rank_zero_only=True)
@@ -302,11 +342,13 @@ class RWKVLitModule(pl.LightningModule):
         self._val_sums = [0.0, 0.0]
 
     def validation_step(self, batch, batch_idx):
-        for m in self._micro_batches(batch):
+        micro = self._micro_batches(batch)
+        counts = self._segment_counts(micro)  # as in training: equal forward calls on every rank
+        for m, n in zip(micro, counts):
             res = eval_sample(self.model, m["input_ids"], m["loss_mask"], self.hparams.ctx_len,
-                              self._eval_loss_fn, reset=m.get("reset"))
-            self._val_sums[0] += res.loss_sum
-            self._val_sums[1] += res.learned
+                              self._eval_loss_fn, reset=m.get("reset"), n_segments=n)
+            self._val_sums[0] = self._val_sums[0] + res.loss_sum
+            self._val_sums[1] = self._val_sums[1] + res.learned
 
     def on_validation_epoch_end(self):
         loss_sum, learned = self._all_reduce(self._val_sums, "sum")

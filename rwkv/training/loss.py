@@ -1,10 +1,13 @@
 """Token-weighted cross-entropy with L2Wrap (model-spec §1.5), fused with the head projection.
 
-`head_ce_l2wrap(hidden, head_weight, targets, weights)` returns Σ_t w_t·CE_t (a sum; the caller divides by
-the learned-token count). L2Wrap adds, in backward only, g·1e-4/n · max-logit at the arg-max of every
-weighted row, where n is the number of learned tokens of the sample and g the upstream gradient — the
-official "1e-4/(B·T)" with B·T replaced by the tokens that are actually learned, and scaled by g (the
-original Python version forgot g; spec §1.5).
+`head_ce_l2wrap(hidden, head_weight, targets, weights)` returns S = Σ_t w_t·CE_t, a *sum*: the caller
+divides it by n, the number of learned tokens of the micro batch, to get the mean CE the official trainer
+optimises. L2Wrap adds, in backward only, g·1e-4·w_t·max-logit at the arg-max of every row, where g is the
+upstream gradient of S. Since the caller's division makes g = 1/n (times any accumulation or loss scale),
+each learned row receives exactly the official g'·1e-4/n·max-logit on top of the gradient of the mean CE —
+"1e-4/(B·T)" with B·T replaced by the tokens that are actually learned, and scaled by the upstream gradient
+(the original Python version forgot it; spec §1.5). The penalty must therefore not be divided by n here as
+well: that made it n× too weak (128× at 128 learned tokens).
 
 The fused path never materialises the full [rows, V] logits for backward: rows are processed in blocks,
 and each block's gradients w.r.t. hidden and head weight are formed right away and kept (the official
@@ -70,12 +73,12 @@ class _HeadCE(torch.autograd.Function):
         return grad_h * g.to(grad_h.dtype), grad_w * g.to(grad_w.dtype), None, None, None, None, None
 
 
-def head_ce_l2wrap(hidden, head_weight, targets, weights, n_learned, l2wrap: bool = True):
+def head_ce_l2wrap(hidden, head_weight, targets, weights, l2wrap: bool = True):
     """Fused head projection + weighted CE sum + L2Wrap. hidden [B,T,C], targets/weights [B,T]."""
     C = hidden.shape[-1]
     compute_dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(
         hidden.device.type) else head_weight.dtype
-    l2_scale = (L2WRAP_FACTOR / max(float(n_learned), 1.0)) if l2wrap else 0.0
+    l2_scale = L2WRAP_FACTOR if l2wrap else 0.0
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad)
     return _HeadCE.apply(hidden.reshape(-1, C), head_weight, targets.reshape(-1), weights.reshape(-1),
                          l2_scale, compute_dtype, need_grad)
@@ -99,11 +102,12 @@ class _L2Wrap(torch.autograd.Function):
         return g, gl * g.to(gl.dtype), None, None
 
 
-def logits_ce_l2wrap(logits, targets, weights, n_learned, l2wrap: bool = True):
-    """Unfused path (used where the head weight cannot be read outside its module, e.g. ZeRO-3)."""
+def logits_ce_l2wrap(logits, targets, weights, l2wrap: bool = True):
+    """Unfused path (used where the head weight cannot be read outside its module, e.g. ZeRO-3); the same
+    sum and the same L2Wrap as `head_ce_l2wrap`."""
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     ce = F.cross_entropy(logits.to(acc).reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     loss = (ce * weights.reshape(-1).to(acc)).sum()
     if l2wrap:
-        loss = _L2Wrap.apply(loss, logits, weights, L2WRAP_FACTOR / max(float(n_learned), 1.0))
+        loss = _L2Wrap.apply(loss, logits, weights, L2WRAP_FACTOR)
     return loss

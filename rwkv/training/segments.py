@@ -19,7 +19,6 @@ the same number of forward and backward calls.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -27,19 +26,22 @@ import torch
 from ..model.state import detach_state, flatten_state, unflatten_state
 
 
-class NonFiniteLoss(RuntimeError):
-    def __init__(self, segment: int, value: float):
-        super().__init__(f"non-finite loss {value} in segment {segment}")
-        self.segment, self.value = segment, value
-
-
 @dataclass
 class SampleResult:
-    loss_sum: float = 0.0  # Σ w·CE (no L2Wrap), for logging
-    learned: float = 0.0  # Σ w
+    """What one micro batch produced. The sums stay on the model's device so that the segment loop never
+    waits for the device; the caller reads them once per optimizer step."""
+
+    loss_sum: torch.Tensor | float = 0.0  # Σ w·CE (no L2Wrap), for logging
+    learned: torch.Tensor | float = 0.0  # Σ w
     tokens: int = 0  # tokens processed (real, unpadded segments)
     segments: int = 0
+    segment_losses: dict = field(default_factory=dict, repr=False)  # segment → Σ w·CE (device scalar)
     deferred: torch.Tensor | None = field(default=None, repr=False)
+
+    def first_nonfinite_segment(self) -> int | None:
+        """Index of the first segment whose loss is NaN/inf (reads the device: for error reports only)."""
+        bad = [i for i, v in self.segment_losses.items() if not torch.isfinite(v).item()]
+        return min(bad) if bad else None
 
 
 def segment_bounds(T: int, ctx_len: int) -> list[tuple[int, int]]:
@@ -115,12 +117,13 @@ def _inject(loss, state_out, grads):
 
 
 def run_sample(model, input_ids, loss_mask, ctx_len: int, bptt, loss_fn, backward, *, reset=None,
-               scale: float = 1.0, n_segments: int | None = None, defer_last: bool = False,
-               check_finite: bool = True) -> SampleResult:
+               scale: float = 1.0, n_segments: int | None = None, defer_last: bool = False) -> SampleResult:
     """Forward and backward of one micro-batch (rows of `input_ids` [B, L+1]) in segments.
 
-    loss_fn(hidden, targets, weights, n_learned) -> Σ w·CE (+ L2Wrap in backward), a scalar tensor.
+    loss_fn(hidden, targets, weights) -> Σ w·CE (+ L2Wrap in backward), a scalar tensor.
     backward(tensor) performs a backward pass (strategy-aware, supplied by the caller).
+    The loop never reads a value back from the device: a non-finite loss is found by the caller from
+    `SampleResult.loss_sum` once per step (its NaN/inf propagates into the sum).
     """
     idx, targets = input_ids[:, :-1], input_ids[:, 1:]
     weights = loss_mask[:, 1:]
@@ -129,9 +132,9 @@ def run_sample(model, input_ids, loss_mask, ctx_len: int, bptt, loss_fn, backwar
     bounds = segment_bounds(T, ctx_len)
     n_real = len(bounds)
     n = max(n_real, n_segments or 0)
-    learned = float(weights.sum())
-    factor = scale / max(learned, 1.0)
-    res = SampleResult(learned=learned, tokens=B * T, segments=n_real)
+    learned = weights.sum(dtype=torch.float64 if weights.dtype == torch.float64 else torch.float32)
+    factor = scale / learned.clamp(min=1.0)  # a device tensor: no host synchronisation
+    res = SampleResult(loss_sum=learned.new_zeros(()), learned=learned, tokens=B * T, segments=n_real)
 
     def forward(i, state, with_loss: bool):
         if i < n_real:
@@ -143,12 +146,11 @@ def run_sample(model, input_ids, loss_mask, ctx_len: int, bptt, loss_fn, backwar
         hidden, new_state = model(x, state, r, return_hidden=True)
         if not with_loss:
             return None, new_state
-        loss_sum = loss_fn(hidden, tg, wt, learned)
-        value = float(loss_sum.detach())
-        if check_finite and not math.isfinite(value):
-            raise NonFiniteLoss(i, value)
-        res.loss_sum += value
-        return loss_sum * factor, new_state
+        loss_sum = loss_fn(hidden, tg, wt)
+        if i < n_real:  # in an exact group a segment's loss is computed once (on recomputation)
+            res.segment_losses[i] = loss_sum.detach()
+            res.loss_sum = res.loss_sum + loss_sum.detach().to(res.loss_sum.dtype)
+        return loss_sum * factor.to(loss_sum.dtype), new_state
 
     groups = bptt_groups(n_real, bptt, n)
     state = None
@@ -190,14 +192,23 @@ def run_sample(model, input_ids, loss_mask, ctx_len: int, bptt, loss_fn, backwar
 
 
 @torch.no_grad()
-def eval_sample(model, input_ids, loss_mask, ctx_len: int, loss_fn, reset=None) -> SampleResult:
-    """Loss of a micro-batch in segments with the state carried (validation)."""
+def eval_sample(model, input_ids, loss_mask, ctx_len: int, loss_fn, reset=None,
+                n_segments: int | None = None) -> SampleResult:
+    """Loss of a micro-batch in segments with the state carried (validation). `n_segments` pads with
+    1-token, fully masked segments like `run_sample`, so that every rank makes the same number of forward
+    calls (ZeRO-3 gathers parameters collectively in each)."""
     idx, targets, weights = input_ids[:, :-1], input_ids[:, 1:], loss_mask[:, 1:]
     rst = reset[:, :-1] if reset is not None else None
-    res = SampleResult(learned=float(weights.sum()), tokens=idx.numel())
+    learned = weights.sum(dtype=torch.float64 if weights.dtype == torch.float64 else torch.float32)
+    res = SampleResult(loss_sum=learned.new_zeros(()), learned=learned, tokens=idx.numel())
+    bounds = segment_bounds(idx.shape[1], ctx_len)
     state = None
-    for a, b in segment_bounds(idx.shape[1], ctx_len):
+    for a, b in bounds:
         hidden, state = model(idx[:, a:b], state, rst[:, a:b] if rst is not None else None, return_hidden=True)
-        res.loss_sum += float(loss_fn(hidden, targets[:, a:b], weights[:, a:b], res.learned))
+        res.loss_sum = res.loss_sum + loss_fn(hidden, targets[:, a:b], weights[:, a:b]).to(res.loss_sum.dtype)
         res.segments += 1
+    for _ in range(len(bounds), max(n_segments or 0, len(bounds))):  # padding: nothing learned
+        x = idx.new_zeros(idx.shape[0], 1)
+        hidden, state = model(x, state, None, return_hidden=True)
+        res.loss_sum = res.loss_sum + loss_fn(hidden, x, weights.new_zeros(x.shape)).to(res.loss_sum.dtype)
     return res

@@ -12,10 +12,10 @@ from torch.utils.data import DataLoader
 
 from rwkv.errors import ConfigError
 from rwkv.training.lit_module import RWKVLitModule
-from rwkv.training.loss import head_ce_l2wrap
 from rwkv.training.optim import lr_at
 from rwkv.training.trainer import RWKVTrainer
 from tests.support.models import perturb_
+from tests.support.recipe import assert_relative_close, spec_grads, spec_truncated_grads
 
 
 class CaptureGrads(pl.Callback):
@@ -34,21 +34,17 @@ def make_batch(lengths, V=97, seed=0):
     return {"input_ids": ids, "loss_mask": mask, "lengths": torch.tensor([n + 1 for n in lengths])}
 
 
-def expected_grads(model, batch, micro):
-    """Σ over micro batches of (1/n_micro)·d[(Σ w·CE + L2Wrap)/n_learned] over the unsegmented rows."""
-    model = model.double()
-    n_micro = batch["input_ids"].shape[0] // micro
-    for s in range(0, batch["input_ids"].shape[0], micro):
-        L = int(batch["lengths"][s:s + micro].max())
-        ids, w = batch["input_ids"][s:s + micro, :L], batch["loss_mask"][s:s + micro, 1:L].double()
-        hidden, _ = model(ids[:, :-1], return_hidden=True)
-        loss = head_ce_l2wrap(hidden, model.head.weight, ids[:, 1:], w, float(w.sum()))
-        (loss / w.sum() / n_micro).backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+def split(batch, micro):
+    """The step's micro batches, as the official objective sees them (tests/support/recipe.py)."""
+    return [{"input_ids": batch["input_ids"][s:s + micro], "loss_mask": batch["loss_mask"][s:s + micro].double()}
+            for s in range(0, batch["input_ids"].shape[0], micro)]
 
 
 @pytest.mark.parametrize("bptt", ["full", "truncated"])
 def test_step_gradients(bptt):
+    """The gradients the optimizer sees equal the official objective's (mean CE + L2Wrap per micro batch,
+    averaged over micro batches): over whole samples for `full`, over detached 16-token windows for
+    `truncated` — both computed independently of the trainer's loss and segment code."""
     torch.manual_seed(0)
     module = RWKVLitModule(n_layer=2, n_embd=64, head_size=16, vocab_size=97, ctx_len=16, bptt=bptt,
                            warmup_steps=0)
@@ -62,16 +58,14 @@ def test_step_gradients(bptt):
                           precision="64-true", logger=False, enable_checkpointing=False,
                           enable_progress_bar=False, enable_model_summary=False, callbacks=[cap])
     trainer.fit(module, train_dataloaders=DataLoader([batch], batch_size=None))
+    reference = reference.double()
     if bptt == "full":
-        want = expected_grads(reference, batch, micro=2)
-        assert cap.grads.keys() == want.keys()
-        for n in want:
-            torch.testing.assert_close(cap.grads[n], want[n], atol=1e-10, rtol=0, msg=n)
-    else:  # truncated differs from the exact gradient but every micro batch and segment contributes
-        want = expected_grads(reference, batch, micro=2)
-        assert max((cap.grads[n] - want[n]).abs().max() for n in want) > 1e-8
-        only_last = expected_grads(deepcopy(reference), {k: v[2:] for k, v in batch.items()}, micro=2)
-        assert max((cap.grads[n] - only_last[n] / 2).abs().max() for n in want) > 1e-6
+        want = spec_grads(reference, split(batch, 2))
+    else:
+        want = spec_truncated_grads(reference, split(batch, 2), ctx=16)
+        exact = spec_grads(reference, split(batch, 2))  # and truncation really changes the gradient here
+        assert max((exact[n] - want[n]).abs().max() for n in want) > 1e-8
+    assert_relative_close(cap.grads, want, rel=1e-10)
 
 
 class SteppedClock(Timer):

@@ -10,20 +10,14 @@ from rwkv.model import RWKVConfig, build_model
 from rwkv.training import loss as loss_mod
 from rwkv.training.loss import head_ce_l2wrap, logits_ce_l2wrap
 from rwkv.training.optim import build_optimizer, lr_at, param_groups
-
-
-def reference_loss(h, W, tg, wt):
-    """Σ w·CE + 1e-4/n · Σ w·½·max_logit² — L2Wrap's gradient is exactly this penalty's gradient with the
-    arg-max held fixed (spec §1.5), and its value is not reported."""
-    logits = h @ W.T
-    ce = F.cross_entropy(logits.reshape(-1, W.shape[0]), tg.reshape(-1), reduction="none")
-    mx = logits.max(-1).values.reshape(-1)
-    n = wt.sum()
-    return (ce * wt.reshape(-1)).sum(), (ce * wt.reshape(-1)).sum() + 1e-4 / n * (wt.reshape(-1) * 0.5 * mx**2).sum()
+from tests.support.recipe import SpecL2Wrap
 
 
 @pytest.mark.parametrize("block", [7, 2048])
-def test_fused_head_loss_matches_reference_with_upstream_scale(block, monkeypatch):
+def test_fused_and_unfused_head_loss_match_the_spec_with_upstream_scale(block, monkeypatch):
+    """Σ w·CE / n with the trainer's L2Wrap equals torch's mean CE over the learned rows with the official
+    L2Wrap function (tests/support/recipe.py), also under an upstream gradient ≠ 1 (accumulation, loss
+    scaling) and with row blocks that cut through the rows."""
     monkeypatch.setattr(loss_mod, "ROW_BLOCK", block)
     monkeypatch.setattr(loss_mod, "_block_rows", lambda V: block)
     torch.manual_seed(0)
@@ -31,15 +25,16 @@ def test_fused_head_loss_matches_reference_with_upstream_scale(block, monkeypatc
     W = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
     tg = torch.randint(0, 40, (2, 19))
     wt = (torch.rand(2, 19) > 0.4).double()
-    value, penalised = reference_loss(h, W, tg, wt)
-    (2.5 * penalised).backward()  # an upstream gradient ≠ 1 (accumulation, loss scaling): L2Wrap scales too
+    learned = wt > 0
+    y = (h @ W.T)[learned]
+    ce = F.cross_entropy(y, tg[learned])
+    (2.5 * SpecL2Wrap.apply(ce, y)).backward()
     ref = (h.grad.clone(), W.grad.clone())
     h.grad = W.grad = None
-    for fn in (lambda: head_ce_l2wrap(h, W, tg, wt, wt.sum()),
-               lambda: logits_ce_l2wrap(h @ W.T, tg, wt, wt.sum())):
+    for fn in (lambda: head_ce_l2wrap(h, W, tg, wt), lambda: logits_ce_l2wrap(h @ W.T, tg, wt)):
         out = fn()
-        assert out.item() == pytest.approx(value.item(), rel=1e-12)  # the reported value has no penalty
-        (2.5 * out).backward()
+        assert (out / wt.sum()).item() == pytest.approx(ce.item(), rel=1e-12)  # the value has no penalty
+        (2.5 * out / wt.sum()).backward()
         torch.testing.assert_close(h.grad, ref[0], atol=1e-12, rtol=0)
         torch.testing.assert_close(W.grad, ref[1], atol=1e-12, rtol=0)
         h.grad = W.grad = None

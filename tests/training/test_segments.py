@@ -1,5 +1,7 @@
-"""Segment-loop semantics (issue 4 item 3): `full` equals one backward over the whole sample; `truncated`
-equals a hand-written truncated reference; integer K interpolates; padding segments change nothing."""
+"""Segment-loop semantics: `full` equals one backward of the official objective over the whole sample;
+`truncated` equals a hand-written truncated reference; integer K interpolates; padding segments change
+nothing. The references come from tests/support/recipe.py (written from docs/model-spec.md §1.5 without
+the trainer's loss code)."""
 
 import pytest
 import torch
@@ -7,18 +9,19 @@ import torch
 from rwkv.training.loss import head_ce_l2wrap
 from rwkv.training.segments import StartStates, bptt_groups, run_sample, segment_bounds
 from tests.support.models import random_model
+from tests.support.recipe import spec_grads, spec_truncated_grads
 
 
 def make_batch(B=2, L=7 * 16 + 5, V=97, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, V, (B, L + 1), generator=g)
     mask = (torch.rand(B, L + 1, generator=g) > 0.3).double()
-    mask[:, 40:60] = 0  # a fully masked stretch (one whole segment for ctx 16)
+    mask[:, 40:70] = 0  # target positions 39..68: the whole segment [48, 64) at ctx 16 learns nothing
     return ids, mask
 
 
 def loss_fn_for(model):
-    return lambda h, tg, wt, n: head_ce_l2wrap(h, model.head.weight, tg, wt, n)
+    return lambda h, tg, wt: head_ce_l2wrap(h, model.head.weight, tg, wt)
 
 
 def grads_of(model):
@@ -29,24 +32,12 @@ def grads_of(model):
 
 def whole_sample_grads(model, ids, mask):
     """Reference: one forward and one backward over the unsegmented sample."""
-    hidden, _ = model(ids[:, :-1], return_hidden=True)
-    w = mask[:, 1:]
-    (head_ce_l2wrap(hidden, model.head.weight, ids[:, 1:], w, float(w.sum())) / w.sum()).backward()
-    return grads_of(model)
+    return spec_grads(model, [{"input_ids": ids, "loss_mask": mask}])
 
 
 def truncated_reference_grads(model, ids, mask, ctx):
     """Hand-written TBPTT: detach the state at each boundary, one backward per segment."""
-    idx, tg, w = ids[:, :-1], ids[:, 1:], mask[:, 1:]
-    n = float(w.sum())
-    state = None
-    for a in range(0, idx.shape[1], ctx):
-        b = min(a + ctx, idx.shape[1])
-        if state is not None:
-            state = tuple(tuple(t.detach() for t in layer) for layer in state)
-        hidden, state = model(idx[:, a:b], state, return_hidden=True)
-        (head_ce_l2wrap(hidden, model.head.weight, tg[:, a:b], w[:, a:b], n) / n).backward()
-    return grads_of(model)
+    return spec_truncated_grads(model, [{"input_ids": ids, "loss_mask": mask}], ctx)
 
 
 def segmented_grads(model, ids, mask, ctx, bptt, **kw):
@@ -70,6 +61,8 @@ def model():
 @pytest.mark.parametrize("defer", [False, True])
 def test_full_bptt_equals_unsegmented_backward(model, defer):
     ids, mask = make_batch()
+    w = mask[:, 1:]
+    assert any(w[:, a:b].sum() == 0 for a, b in segment_bounds(w.shape[1], 16))  # a fully masked segment
     ref = whole_sample_grads(model, ids, mask)
     got, res = segmented_grads(model, ids, mask, 16, "full", defer_last=defer)
     assert res.segments == 8  # 7 full segments of 16 + a tail of 5 (sample of 117 inputs)
@@ -86,11 +79,11 @@ def test_truncated_equals_reference_and_differs_from_full(model):
 
 
 def test_integer_k_limits(model):
-    ids, mask = make_batch(seed=2, L=4 * 16)
+    ids, mask = make_batch(seed=2, L=5 * 16)  # 5 segments; the 4th learns nothing, the 5th does
     trunc, _ = segmented_grads(model, ids, mask, 16, "truncated")
     full, _ = segmented_grads(model, ids, mask, 16, "full")
     assert_grads_equal(segmented_grads(model, ids, mask, 16, 0)[0], trunc, atol=1e-12)
-    assert_grads_equal(segmented_grads(model, ids, mask, 16, 3)[0], full, atol=1e-11)
+    assert_grads_equal(segmented_grads(model, ids, mask, 16, 4)[0], full, atol=1e-11)
     k1, _ = segmented_grads(model, ids, mask, 16, 1)
     assert max((k1[k] - trunc[k]).abs().max() for k in k1) > 1e-8
     assert max((k1[k] - full[k]).abs().max() for k in k1) > 1e-8
