@@ -49,7 +49,7 @@ class RWKVLitModule(pl.LightningModule):
         beta2: float = 0.99,
         adam_eps: float = 1e-18,
         weight_decay: float = 0.0,
-        layerwise_lr: bool = False,
+        layerwise_lr: bool | None = None,
         l2wrap: bool = True,
         on_nonfinite_loss: Literal["stop", "skip"] = "stop",
     ):
@@ -77,7 +77,9 @@ class RWKVLitModule(pl.LightningModule):
             beta2: Adam beta2.
             adam_eps: Adam epsilon (official trainer: 1e-18).
             weight_decay: Decoupled weight decay, applied to the large matrices only.
-            layerwise_lr: Use the RWKV-v5 folder's layer-wise lr groups (time_first 3×).
+            layerwise_lr: The RWKV-v5 folder's layer-wise lr groups (time_decay 2×, time_first 3×, the
+                rest 1×; docs/model-spec.md §1.6). Default (null): the official default of the model's
+                version — on for x060/x052; x070's recipe has no such switch (att.w0 is 2× either way).
             l2wrap: Apply L2Wrap (keeps logits near 0; model-spec §1.5).
             on_nonfinite_loss: On a NaN/inf loss: stop with a message, or skip the step.
         """
@@ -87,6 +89,7 @@ class RWKVLitModule(pl.LightningModule):
             raise ConfigError(f"model.bptt must be truncated, full or an integer ≥ 0, got {bptt}")
         self.model = self._build()
         self.tokens_seen = 0  # all ranks, restored from checkpoints (drives a token-budget schedule)
+        self.warmup_tokens = None  # tokens_seen when the warm-up ended (token progress starts there)
         self._sync_scope: ExitStack | None = None
         self._step_t0 = None
         self._val_sums = None
@@ -219,10 +222,13 @@ class RWKVLitModule(pl.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx):
         hp = self.hparams
+        if self.warmup_tokens is None and self.global_step == hp.warmup_steps:
+            self.warmup_tokens = self.tokens_seen  # what the warm-up consumed: token progress starts here
         lr = lr_at(self.global_step, self.tokens_seen, lr_init=hp.lr_init, lr_final=hp.lr_final,
                    warmup_steps=hp.warmup_steps, schedule=hp.lr_schedule,
                    total_steps=self._planned_steps(), total_tokens=hp.token_budget,
-                   time_progress=self._time_progress() if hp.schedule_by_time else None)
+                   time_progress=self._time_progress() if hp.schedule_by_time else None,
+                   warmup_tokens=self.warmup_tokens)
         for opt in self.trainer.optimizers:
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
@@ -363,13 +369,21 @@ class RWKVLitModule(pl.LightningModule):
         offload = bool(ds is not None and getattr(ds, "offloads_optimizer", False))
         from lightning.pytorch.plugins.precision import MixedPrecision
 
-        groups = param_groups(self.model, hp.weight_decay, hp.layerwise_lr)
+        groups = param_groups(self.model, hp.weight_decay, self.layerwise_lr)
         mixed = isinstance(self.trainer.precision_plugin, MixedPrecision)
         return build_optimizer(groups, hp.lr_init, (hp.beta1, hp.beta2), hp.adam_eps, offload=offload,
                                fused=not mixed)
 
+    @property
+    def layerwise_lr(self) -> bool:
+        if self.hparams.layerwise_lr is not None:
+            return bool(self.hparams.layerwise_lr)
+        return self.model.cfg.version in ("x060", "x052")
+
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["rwkv"] = {"tokens_seen": self.tokens_seen, "model_config": self.model.cfg.to_dict()}
+        checkpoint["rwkv"] = {"tokens_seen": self.tokens_seen, "warmup_tokens": self.warmup_tokens,
+                              "model_config": self.model.cfg.to_dict()}
 
     def on_load_checkpoint(self, checkpoint):
         self.tokens_seen = int(checkpoint.get("rwkv", {}).get("tokens_seen", 0))
+        self.warmup_tokens = checkpoint.get("rwkv", {}).get("warmup_tokens")

@@ -111,3 +111,29 @@ def test_schedule_by_time_anneals_by_the_time_budget():
                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(ConfigError, match="trainer.max_time"):
         trainer.fit(RWKVLitModule(schedule_by_time=True, **kw), train_dataloaders=DataLoader([batch], batch_size=None))
+
+
+def test_token_budget_schedule_through_the_trainer():
+    """The lrs the optimizer uses under a token budget follow the official formula (progress after the
+    warm-up's tokens), with the warm-up tokens recorded by the module and kept in its checkpoint."""
+    from tests.training.test_loss_optim import official_lr
+
+    batch = make_batch([20, 20])
+    per_step = int(batch["lengths"].sum())
+    budget = 8 * per_step
+    cap = CaptureLR()
+    module = RWKVLitModule(n_layer=1, n_embd=32, head_size=16, vocab_size=97, ctx_len=16, warmup_steps=2,
+                           lr_init=1e-3, lr_final=1e-4, token_budget=budget)
+    trainer = RWKVTrainer(accelerator="cpu", devices=1, max_steps=100, microbatch_size=2, logger=False,
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                          callbacks=[cap])
+    trainer.fit(module, train_dataloaders=DataLoader([batch] * 20, batch_size=None))
+    want = [official_lr(s, lr_init=1e-3, lr_final=1e-4, warmup_steps=2, ctx_bsz=per_step, exit_tokens=budget)
+            for s in range(8)]
+    assert cap.lrs == pytest.approx(want, rel=1e-12)  # and the budget stopped the run after 8 steps
+    assert module.warmup_tokens == 2 * per_step
+    ckpt = {}
+    module.on_save_checkpoint(ckpt)
+    fresh = RWKVLitModule(n_layer=1, n_embd=32, head_size=16, vocab_size=97)
+    fresh.on_load_checkpoint(ckpt)
+    assert (fresh.tokens_seen, fresh.warmup_tokens) == (8 * per_step, 2 * per_step)
