@@ -51,3 +51,36 @@ def from_pip_state(tensors, dtype=torch.float32) -> State:
         t = torch.as_tensor(t)
         out.append(t.float()[None] if i % 3 == 1 else t.to(dtype)[None])
     return unflatten_state(out)
+
+
+def wkv_from_initial(kernel, seqs, S, reset, S0, **kw):
+    """`kernel(*seqs, state=S, reset=reset, **kw)` where the WKV state is `S0` [H,N,N] (a learned initial
+    state, state tuning) instead of zeros before the first token of a sample (S is None) and before every
+    token where `reset` [B,T] starts a packed document.
+
+    The kernels can only zero the state at a reset, so the time axis is cut at the columns where any row
+    resets and each piece runs from its start state: S0 for the rows that reset there, the carried state
+    for the others. Exact (the same recurrence), one kernel call per reset column; the columns are read
+    from the device once per call, only when S0 and reset are both given.
+    """
+    if S0 is None:
+        return kernel(*seqs, state=S, reset=reset, **kw)
+    B, T = seqs[0].shape[:2]
+    # a segment that starts from a carried state and has no reset would leave S0 out of its graph; under
+    # truncated BPTT its loss would then reach no trainable tensor (backward fails) and DDP would wait for
+    # a gradient that never comes. A zero-weighted term keeps S0 in every graph (gradient 0 from there).
+    tie = S0.flatten()[0] * 0 if S0.requires_grad and torch.is_grad_enabled() else None
+    S0 = S0.to(torch.float64 if seqs[0].dtype == torch.float64 else torch.float32)
+    S0 = S0.unsqueeze(0).expand(B, *S0.shape)
+    if S is None:
+        S = S0.contiguous()
+    cols = [] if reset is None else torch.nonzero(reset.any(0)).flatten().tolist()
+    cuts = sorted(set([0, *cols, T]))
+    ys = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        if reset is not None and a in cols:
+            S = torch.where(reset[:, a].view(B, 1, 1, 1), S0, S)
+        y, S = kernel(*(t[:, a:b] for t in seqs), state=S, reset=None, **kw)
+        ys.append(y)
+    y = ys[0] if len(ys) == 1 else torch.cat(ys, 1)
+    return (y if tie is None else y + tie.to(y.dtype)), S

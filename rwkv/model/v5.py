@@ -14,6 +14,7 @@ from torch import nn
 
 from ..ops import wkv5
 from .config import RWKVConfig
+from .state import wkv_from_initial
 from .v6 import ChannelMix as ChannelMix6
 from .v6 import TimeMix as TimeMix6
 from .v7 import RWKVModel
@@ -48,7 +49,8 @@ class TimeMix(TimeMix6):
         B, T, C = r.shape
         H, N = self.time_faaaa.shape
         shape = (B, T, H, N)
-        return wkv5(r.view(shape), w, k.view(shape), v.view(shape), self.time_faaaa, state=S, reset=reset)
+        return wkv_from_initial(lambda r, k, v, **kw: wkv5(r, w, k, v, self.time_faaaa, **kw),
+                                (r.view(shape), k.view(shape), v.view(shape)), S, reset, self.initial_state())
 
 
 class ChannelMix(ChannelMix6):

@@ -20,6 +20,7 @@ from torch import nn
 from ..ops import wkv6
 from ..ops.mix import shifted
 from .config import RWKVConfig
+from .state import wkv_from_initial
 from .v7 import GROUPNORM_EPS, RWKVModel, last_token, relu_square
 
 # time_maa_w2 slot order: the LoRA produces the data-dependent mix offsets for w, k, v, r, g (docs/model-spec.md §2.1)
@@ -80,8 +81,15 @@ class TimeMix(nn.Module):
         B, T, C = r.shape
         H, N = self.time_faaaa.shape
         shape = (B, T, H, N)
-        return wkv6(r.view(shape), w.view(shape), k.view(shape), v.view(shape), self.time_faaaa,
-                    state=S, reset=reset)
+        return wkv_from_initial(lambda r, w, k, v, **kw: wkv6(r, w, k, v, self.time_faaaa, **kw),
+                                (r.view(shape), w.view(shape), k.view(shape), v.view(shape)), S, reset,
+                                self.initial_state())
+
+    def initial_state(self):
+        """The learned initial state (state tuning, rwkv/peft) in this version's [key, value] layout: it
+        is stored [H, value, key] like pip's state files (docs/model-spec.md §4.2), hence the transpose."""
+        ts = getattr(self, "time_state", None)
+        return None if ts is None else ts.transpose(-1, -2)
 
     def forward(self, x, x_prev, S, v_first, reset=None):
         """Same signature as the x070 time-mix; `v_first` (x070 only) is passed through unchanged."""

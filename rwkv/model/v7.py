@@ -15,6 +15,7 @@ from ..ops import wkv7
 from ..ops.keys import wkv7_keys
 from ..ops.mix import token_shift_mix
 from .config import RWKVConfig
+from .state import wkv_from_initial
 
 # λ = −e^{−1/2}·σ(ω): the decay clamp of the current official kernel, docs/model-spec.md §1.3.
 NEG_EXP_HALF = -0.6065306597126334
@@ -92,8 +93,10 @@ class TimeMix(nn.Module):
         k, a_in, b_in = wkv7_keys(k, a, self.k_k, self.k_a, H)
 
         shape = (B, T, H, N)
-        y, S = wkv7(r.view(shape), w.view(shape), k.view(shape), v.view(shape), a_in.view(shape),
-                    b_in.view(shape), state=S, reset=reset)
+        # a learned initial state (state tuning, rwkv/peft) is stored [H, value, key], this kernel's layout
+        y, S = wkv_from_initial(wkv7, (r.view(shape), w.view(shape), k.view(shape), v.view(shape),
+                                       a_in.view(shape), b_in.view(shape)), S, reset,
+                                getattr(self, "time_state", None))
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, C)
         bonus = (r.view(shape) * k.view(shape) * self.r_k).sum(-1, keepdim=True) * v.view(shape)
         out = self.output((y + bonus.view(B, T, C)) * g)
