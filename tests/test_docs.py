@@ -42,6 +42,7 @@ ALLOWED = {
     "rwkv/checkpoint/__init__.py",
     "rwkv/cli.py",
     "rwkv/model/io.py",
+    "rwkv/peft/__init__.py",
     "rwkv/tools/dragon.py",
     "rwkv/tools/init_model.py",
     "rwkv/training/checkpointing.py",
