@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..model.io import detect_version, expected_shapes, official_order
+from ..model.io import CheckpointMismatch, detect_version, expected_shapes, official_order
 from ..model.v7 import GROUPNORM_EPS
 from .safetensors_io import load_safetensors, save_safetensors
 
@@ -40,8 +40,9 @@ class HFExportWarning(UserWarning):
     """The exported model is not numerically identical in fla (head size other than 64)."""
 
 
-class HFFormatError(ValueError):
-    """A directory or config that cannot be converted; the message names the file/key and what to do."""
+class HFFormatError(CheckpointMismatch):
+    """A directory or config that cannot be converted; the message names the file/key and what to do (a
+    CheckpointMismatch, so the entry scripts print it without a traceback)."""
 
 
 # Per layer: official name after `blocks.{i}.` -> (fla name after `model.layers.{i}.`, how the tensor
@@ -304,7 +305,9 @@ def check_hf_keys(have: dict, want: dict, source: str, hint: str) -> None:
 # ---- reading a directory --------------------------------------------------------------------------------
 
 def is_hf_dir(path) -> bool:
-    return Path(path).is_dir() and (Path(path) / "config.json").is_file()
+    """A Hugging Face model directory: config.json, and not a DeepSpeed checkpoint (which has `latest`)."""
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and not (path / "latest").is_file()
 
 
 def hub_cache_dir(name: str) -> Path | None:

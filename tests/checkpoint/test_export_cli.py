@@ -83,3 +83,31 @@ def test_finetune_from_an_hf_directory(ckpt, tmp_path):
     changed = [k for k in sd if not torch.equal(tuned[k], sd[k])]
     # everything trains except layer 0's unused v0/v1/v2 (frozen), which travel unchanged
     assert sorted(set(sd) - set(changed)) == ["blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"]
+
+
+def test_readme_table_commands(ckpt, tmp_path):
+    """Each command of the README's "Use your model elsewhere" table, as written, with out/demo moved into
+    a temporary directory (its last.ckpt is this module's checkpoint)."""
+    import re
+    import shlex
+    import shutil
+
+    from tests.conftest import ROOT
+
+    sd, src = ckpt
+    text = (ROOT / "README.md").read_text()
+    section = re.search(r"## Use your model elsewhere\n(.*?)\n## ", text, re.S).group(1)
+    commands = re.findall(r"^\|[^|]+\| `(python export_checkpoint\.py [^`]+)` \|", section, re.M)
+    assert [c.split()[-1] if "--format" in c else "pth" for c in commands] == ["pth", "safetensors", "hf"]
+    demo = tmp_path / "demo"
+    (demo / "checkpoints").mkdir(parents=True)
+    shutil.copy(src, demo / "checkpoints" / "last.ckpt")
+    for cmd in commands:
+        args = shlex.split(cmd.replace("out/demo", str(demo)))
+        assert args[:2] == ["python", "export_checkpoint.py"]
+        run(args[1:])
+    # model.pth is bf16 (the default), the others are converted from it
+    head = sd["head.weight"].to(torch.bfloat16)
+    assert torch.equal(load_file(demo / "model.safetensors")["head.weight"], head.half())
+    got = load_state_dict(demo / "hf")
+    assert all(torch.equal(got[k], v.to(torch.bfloat16)) for k, v in sd.items())
