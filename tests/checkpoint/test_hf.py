@@ -375,11 +375,8 @@ def test_head_size_32_exports_with_exact_ln_x_eps(tmp_path):
     assert fla.model.layers[0].attn.g_norm.eps == pytest.approx(64e-5)
 
 
-def test_hf_tokenizer_files_go_along(tmp_path):
+def _bpe(path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoTokenizer
-
-    from rwkv.data.tokenizers import get_tokenizer
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -387,13 +384,34 @@ def test_hf_tokenizer_files_go_along(tmp_path):
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(["a model to use elsewhere"] * 30, trainer)
-    tok.save(str(tmp_path / "tokenizer.json"))
+    tok.save(str(path))
+
+
+@pytest.mark.parametrize("kind", ["tokenizer.json", "directory"])
+def test_hf_tokenizer_files_go_along(tmp_path, kind):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from rwkv.data.tokenizers import get_tokenizer
+
+    _bpe(tmp_path / "tokenizer.json")
+    name = str(tmp_path / "tokenizer.json")
+    if kind == "directory":
+        PreTrainedTokenizerFast(tokenizer_file=name).save_pretrained(str(tmp_path / "tokdir"))
+        name = str(tmp_path / "tokdir")
     save_pth(tiny(), tmp_path / "m.pth", dtype="fp32")
-    export_checkpoint(tmp_path / "m.pth", tmp_path / "hf", fmt="hf", tokenizer=str(tmp_path / "tokenizer.json"))
+    export_checkpoint(tmp_path / "m.pth", tmp_path / "hf", fmt="hf", tokenizer=name)
     assert (tmp_path / "hf" / "tokenizer.json").is_file()
     loaded = AutoTokenizer.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
     text = "use a model elsewhere"
-    assert loaded.encode(text, add_special_tokens=False) == get_tokenizer(str(tmp_path / "tokenizer.json")).encode(text)
+    assert loaded.encode(text, add_special_tokens=False) == get_tokenizer(name).encode(text)
+
+
+def test_dragon_test_samples_from_an_hf_dir(exported, capsys):
+    from rwkv.tools.dragon import main
+
+    assert main([str(exported[1]), "--tokens", "3", "--prompt", "ab", "--temperature", "0",
+                 "--tokenizer", "bytes"]) == 0
+    assert "x070 L2 D128 V320" in capsys.readouterr().err
 
 
 def test_world_tokenizer_writes_no_tokenizer_files(tmp_path):
