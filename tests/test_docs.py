@@ -39,7 +39,6 @@ FORBIDDEN = {
 ALLOWED = {
     "bench/train.py",
     "docs/benchmarks.md",
-    "rwkv/checkpoint/__init__.py",
     "rwkv/cli.py",
     "rwkv/model/io.py",
     "rwkv/peft/__init__.py",

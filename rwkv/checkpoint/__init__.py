@@ -1,4 +1,5 @@
-"""Training checkpoints -> official .pth files (DESIGN.md §3 "Checkpoints")."""
+"""Training checkpoints -> official .pth, safetensors or Hugging Face (fla) RWKV-7 directories, and those
+back (docs/design.md §3.7; formats in docs/model-spec.md §4)."""
 
 from .export import ExportError, export_checkpoint, read_training_checkpoint
 
