@@ -170,7 +170,8 @@ def test_fla_loss_gradient_maps_back_to_ours(exported, fla_model):
             continue
         g = mapped[name]
         rel = ((g - p.grad).abs().max() / p.grad.abs().max()).item()
-        # same fp32 math in a different op order; measured ≤ 1.9e-6 on this model (10x margin)
+        # same fp32 math in a different op order; measured ≤ 1.9e-6 on this model (10x margin). Leaving the
+        # L2-wrap term out of our loss gives 3.7e-4: the bound sees it
         assert rel <= 2e-5, (name, rel)
         checked += 1
     assert checked == len(grads_fla)
