@@ -2,6 +2,7 @@
 """Sample text from an RWKV .pth with the recurrent state (sanity check after training).
 
     python dragon_test.py MODEL.pth [--device cpu|cuda] [--tokens N] [--prompt TEXT] [--temperature T] [--top_p P]
+                                 [--state STATE_FILE]
 """
 
 import sys

@@ -25,6 +25,9 @@ def main(argv=None) -> int:
     p.add_argument("--top_p", type=float, default=0.7)
     p.add_argument("--tokenizer", default=None, help="world, neox, bytes or a path (default: from the vocab size)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--state", default=None,
+                   help="a state file ({blocks.{i}.att.time_state: [H,N,N]}, export_checkpoint.py --state): the "
+                   "learned initial state the prompt starts from")
     args = p.parse_args(argv)
 
     from ..data.tokenizers import get_tokenizer, tokenizer_for_vocab
@@ -35,6 +38,10 @@ def main(argv=None) -> int:
 
     try:
         model = from_pth(args.model)
+        if args.state:
+            from ..peft import attach_time_state, load_state_file
+
+            attach_time_state(model, load_state_file(args.state), source=args.state)
         tok = get_tokenizer(args.tokenizer or tokenizer_for_vocab(model.cfg.vocab_size))
     except (*user_error_types(), ValueError) as e:
         print(f"dragon_test.py: {e}", file=sys.stderr)
@@ -44,6 +51,9 @@ def main(argv=None) -> int:
         return 2
     dtype = DTYPES[args.dtype or ("bf16" if args.device == "cuda" else "fp32")]
     model = model.to(args.device, dtype).eval()
+    for block in model.blocks:  # learned states stay fp32 like every WKV state (docs/model-spec.md §3.4)
+        if "time_state" in block.att._parameters:
+            block.att.time_state.data = block.att.time_state.data.float()
     cfg = model.cfg
     print(f"{args.model}: {cfg.version} L{cfg.n_layer} D{cfg.n_embd} V{cfg.vocab_size}, tokenizer {tok.name}, "
           f"{args.device} {dtype}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Command line of export_checkpoint.py (see rwkv.checkpoint.export).
 
     python export_checkpoint.py SRC OUT [--format pth|hf|safetensors] [--dtype bf16|fp16|fp32]
-                                [--tokenizer NAME] [--eos-id N]
+                                [--tokenizer NAME] [--eos-id N] [--adapter DIR] [--state FILE]
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 from ..checkpoint import ExportError, export_checkpoint
 from ..checkpoint.export import DEFAULT_DTYPE, FORMATS
 from ..data.errors import DataError
+from ..errors import ConfigError
+from ..peft import export as peft_export
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "tokenizer.json, a tokenizer dir) is saved into the directory (world/bytes: see README)")
     hf.add_argument("--eos-id", type=int, default=0,
                     help="end-of-document id the model was trained with (data.eod_token_id, default 0)")
+    peft_export.add_arguments(p)
     return p
 
 
@@ -46,9 +49,10 @@ def main(argv=None) -> int:
         return 2
     dtype = args.dtype or DEFAULT_DTYPE[args.format]
     try:
-        sd = export_checkpoint(args.ckpt, args.out, dtype, fmt=args.format, tokenizer=args.tokenizer,
-                               eos_token_id=args.eos_id)
-    except (ExportError, DataError) as e:
+        with peft_export.merged_source(args) as src:  # a PEFT run: merged, plus --adapter/--state
+            sd = export_checkpoint(src, args.out, dtype, fmt=args.format, tokenizer=args.tokenizer,
+                                   eos_token_id=args.eos_id)
+    except (ExportError, DataError, ConfigError) as e:
         print(f"export_checkpoint.py: {e}", file=sys.stderr)
         return 2
     n = sum(t.numel() for t in sd.values())

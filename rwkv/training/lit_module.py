@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Timer
 
 from ..errors import ConfigError
 from ..model import RWKVConfig, build_model, check_state_dict, infer_config, load_state_dict
+from ..peft import training as peft_training
 from .loss import head_ce_l2wrap, logits_ce_l2wrap
 from .optim import build_optimizer, lr_at, param_groups
 from .segments import eval_sample, run_sample, segment_bounds
@@ -52,6 +53,7 @@ class RWKVLitModule(pl.LightningModule):
         layerwise_lr: bool | None = None,
         l2wrap: bool = True,
         on_nonfinite_loss: Literal["stop", "skip"] = "stop",
+        peft: dict | None = None,
     ):
         """
         Args:
@@ -82,15 +84,18 @@ class RWKVLitModule(pl.LightningModule):
                 version — on for x060/x052; x070's recipe has no such switch (att.w0 is 2× either way).
             l2wrap: Apply L2Wrap (keeps logits near 0; model-spec §1.5).
             on_nonfinite_loss: On a NaN/inf loss: stop with a message, or skip the step.
+            peft: Parameter-efficient fine-tuning of load_model (rwkv/peft): lora (peft.LoraConfig fields),
+                state_tuning, train_parts (ln, time, emb, head), adapter (a peft adapter dir), state_lr.
         """
         super().__init__()
         self.save_hyperparameters()
         if isinstance(bptt, int) and bptt < 0:
             raise ConfigError(f"model.bptt must be truncated, full or an integer ≥ 0, got {bptt}")
-        self.model = self._build()
+        self.model = peft_training.setup(self._build(), self.hparams)
         self.tokens_seen = 0  # all ranks, restored from checkpoints (drives a token-budget schedule)
         self.warmup_tokens = None  # tokens_seen when the warm-up ended (token progress starts there)
         self._sync_scope: ExitStack | None = None
+        self._drop_grads = False
         self._step_t0 = None
         self._val_sums = None
 
@@ -172,6 +177,10 @@ class RWKVLitModule(pl.LightningModule):
 
     def on_after_backward(self):
         self._close_sync_scope()  # flushes DeepSpeed's coalesced reduction after the step's last backward
+        if self._drop_grads:  # a skipped step: no gradient, so AdamW changes no weight, moment or step count
+            self._drop_grads = False
+            for p in self.model.parameters():
+                p.grad = None
 
     def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
         """Lightning zeroes gradients between `training_step` and its backward, which would erase the
@@ -315,20 +324,21 @@ class RWKVLitModule(pl.LightningModule):
             raise RuntimeError(f"non-finite loss at step {self.global_step} ({where}). Lower model.lr_init, "
                                "check the data, or set model.on_nonfinite_loss: skip to skip such steps.")
         self.print(f"skipping step {self.global_step}: non-finite loss ({where})")
-        if self._deepspeed is None:
-            for p in self.model.parameters():
-                p.grad = None  # AdamW leaves parameters without a gradient untouched: a true skip
-            self._close_sync_scope()
-            return None
-        # DeepSpeed runs a backward and its engine step every step, and its ZeRO optimizers keep their own
-        # gradient buffers. Its overflow check is what discards a step without touching weights or Adam
-        # moments: give every rank an infinite gradient so that check fires on all of them (DeepSpeed's
-        # bf16.check_grad_overflow, on by default, makes bf16 runs check too).
+        # Lightning refuses a skipped training_step (None) in distributed runs, and DDP's reducer and
+        # DeepSpeed's engine expect the step's last backward: return a zero-valued loss on every rank.
         for p in self.model.parameters():
             if p.grad is not None:
                 p.grad.zero_()
-        first = next(p for p in self.model.parameters() if p.requires_grad)
-        return sum((p * 0).sum() for p in self.model.parameters() if p.requires_grad) + first.sum() * float("inf")
+        if self._deepspeed is None:
+            self._drop_grads = True  # on_after_backward: AdamW then leaves every parameter untouched
+            return sum((p * 0).sum() for p in self.model.parameters() if p.requires_grad)
+        # DeepSpeed's ZeRO optimizers keep gradient buffers of their own and step every time. Their
+        # overflow check is what discards a step without touching weights or Adam moments: give every rank
+        # a NaN gradient so it fires on all of them (DeepSpeed's bf16.check_grad_overflow, on by default,
+        # makes bf16 runs check too). The loss goes through a 1-token forward because under ZeRO-3 the
+        # parameters only hold their values inside the module's forward.
+        logits, _ = self.model(torch.zeros(1, 1, dtype=torch.long, device=self.device))
+        return logits.float().sum() * float("nan")
 
     def _log_step(self, loss: float):
         # the mean over all ranks' learned tokens (the all-reduce in training_step), logged by rank 0
@@ -369,7 +379,7 @@ class RWKVLitModule(pl.LightningModule):
         offload = bool(ds is not None and getattr(ds, "offloads_optimizer", False))
         from lightning.pytorch.plugins.precision import MixedPrecision
 
-        groups = param_groups(self.model, hp.weight_decay, self.layerwise_lr)
+        groups = peft_training.param_groups(self) or param_groups(self.model, hp.weight_decay, self.layerwise_lr)
         mixed = isinstance(self.trainer.precision_plugin, MixedPrecision)
         return build_optimizer(groups, hp.lr_init, (hp.beta1, hp.beta2), hp.adam_eps, offload=offload,
                                fused=not mixed)
@@ -383,7 +393,9 @@ class RWKVLitModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         checkpoint["rwkv"] = {"tokens_seen": self.tokens_seen, "warmup_tokens": self.warmup_tokens,
                               "model_config": self.model.cfg.to_dict()}
+        peft_training.on_save(self, checkpoint)  # only the trainable tensors + the base's path and hash
 
     def on_load_checkpoint(self, checkpoint):
+        peft_training.on_load(self, checkpoint)
         self.tokens_seen = int(checkpoint.get("rwkv", {}).get("tokens_seen", 0))
         self.warmup_tokens = checkpoint.get("rwkv", {}).get("warmup_tokens")

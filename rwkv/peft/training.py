@@ -1,0 +1,108 @@
+"""The Lightning side of PEFT (the hooks RWKVLitModule calls): set-up after the base model is built,
+optimizer groups, and checkpoints that hold only the trainable tensors plus the base's path and hash.
+
+Checkpoint layout (a normal Lightning .ckpt): `state_dict` has only the trainable tensors (`model.` +
+their names), the optimizer state covers only them, and `checkpoint["rwkv"]["peft"]` records
+`{base, base_sha256, spec, lora_config}`. On resume the base tensors come from model.load_model, whose
+SHA-256 must equal the recorded one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..errors import ConfigError
+from . import apply_peft, file_sha256, lora_config_of, parse_peft, peft_param_groups, trainable_names
+
+PREFIX = "model."
+
+
+def setup(model, hparams):
+    """Apply model.peft to the freshly built (and loaded) base model. No-op without model.peft."""
+    spec = parse_peft(getattr(hparams, "peft", None))
+    if spec is None:
+        return model
+    if not hparams.load_model:
+        raise ConfigError("model.peft needs model.load_model: the base .pth the adapters and states apply to")
+    apply_peft(model, spec)
+    model.peft_spec = spec
+    return model
+
+
+def param_groups(lit) -> list[dict] | None:
+    """PEFT optimizer groups, or None for a full fine-tune (the caller's official groups then apply)."""
+    spec = getattr(lit.model, "peft_spec", None)
+    if spec is None:
+        return None
+    groups = peft_param_groups(lit.model, spec, lit.hparams.lr_init, lit.hparams.weight_decay)
+    if not groups:
+        raise ConfigError("model.peft leaves no trainable tensor")
+    return groups
+
+
+def _base_sha(lit) -> str:
+    sha = getattr(lit, "_peft_base_sha", None)
+    if sha is None:
+        sha = lit._peft_base_sha = file_sha256(lit.hparams.load_model)
+    return sha
+
+
+def _lora_fields(model) -> dict | None:
+    config = lora_config_of(model)
+    if config is None:
+        return None
+    out = {}
+    for f in dataclasses.fields(config):
+        if not f.init or f.name in ("peft_type", "task_type", "base_model_name_or_path", "revision",
+                                   "inference_mode", "auto_mapping"):
+            continue
+        v = getattr(config, f.name)
+        v = sorted(v) if isinstance(v, set) else v
+        if _plain(v):  # checkpoints must load with torch.load(weights_only=True) (Lightning's ckpt_path check)
+            out[f.name] = v
+    return out
+
+
+def _plain(v) -> bool:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _plain(x) for k, x in v.items())
+    return False
+
+
+def on_save(lit, checkpoint) -> None:
+    spec = getattr(lit.model, "peft_spec", None)
+    if spec is None:
+        return
+    keep = {PREFIX + n for n in trainable_names(lit.model)}
+    sd = checkpoint.get("state_dict")
+    if sd is not None:
+        checkpoint["state_dict"] = {k: v for k, v in sd.items() if k in keep}
+    checkpoint.setdefault("rwkv", {})["peft"] = {
+        "base": str(Path(lit.hparams.load_model).resolve()), "base_sha256": _base_sha(lit),
+        "spec": dataclasses.asdict(spec), "lora_config": _lora_fields(lit.model)}
+
+
+def on_load(lit, checkpoint) -> None:
+    """Check the base, then complete the state dict with the base tensors so Lightning loads it strictly."""
+    info = checkpoint.get("rwkv", {}).get("peft")
+    spec = getattr(lit.model, "peft_spec", None)
+    if info is None:
+        if spec is not None and "state_dict" in checkpoint and not any(
+                ".lora_" in k or k.endswith("time_state") for k in checkpoint["state_dict"]):
+            raise ConfigError("the checkpoint is from a run without model.peft; resume it without model.peft")
+        return
+    if spec is None:
+        raise ConfigError("the checkpoint is from a model.peft run; resume it with the same model.peft")
+    if info["base_sha256"] != _base_sha(lit):
+        raise ConfigError(f"model.load_model: {lit.hparams.load_model} is not the base this checkpoint was "
+                          f"trained on ({info['base']}, sha256 {info['base_sha256'][:12]}…); resume with that "
+                          "base file")
+    sd = checkpoint.get("state_dict")
+    if sd is not None:
+        for k, v in lit.state_dict().items():
+            sd.setdefault(k, v)
