@@ -86,6 +86,26 @@ def read_training_checkpoint(path) -> dict:
     return strip_prefixes({k: v for k, v in sd.items() if torch.is_tensor(v)})
 
 
+def run_data_settings(ckpt) -> tuple[dict, Path] | None:
+    """`data.tokenizer` / `data.eod_token_id` of the run that wrote `ckpt`, and the file they come from:
+    Lightning saves the resolved config as <root>/logs/version_*/config.yaml beside <root>/checkpoints/
+    (the newest is taken). None when `ckpt` does not sit in such a run directory."""
+    path = Path(ckpt)
+    if path.parent.name != "checkpoints":
+        return None
+    configs = sorted(path.parent.parent.glob("logs/version_*/config.yaml"), key=lambda p: p.stat().st_mtime)
+    if not configs:
+        return None
+    import yaml
+
+    try:
+        data = (yaml.safe_load(configs[-1].read_text()) or {}).get("data") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    found = {k: data[k] for k in ("tokenizer", "eod_token_id") if k in data}
+    return (found, configs[-1]) if found else None
+
+
 def export_checkpoint(ckpt, out, dtype: str | None = None, fmt: str = "pth", tokenizer: str | None = None,
                       eos_token_id: int = 0) -> dict:
     """Write `out` in format `fmt` (pth, hf or safetensors) from `ckpt`; returns the tensors written (fla

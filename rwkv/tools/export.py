@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..checkpoint import ExportError, export_checkpoint
-from ..checkpoint.export import DEFAULT_DTYPE, FORMATS
+from ..checkpoint.export import DEFAULT_DTYPE, FORMATS, run_data_settings
 from ..data.errors import DataError
 from ..errors import ConfigError
 from ..peft import export as peft_export
@@ -34,10 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
                      + "; use fp32 for exact v5/v6 parity with pip (docs/model-spec.md §4.2)")
     hf = p.add_argument_group("Hugging Face directory (--format hf)")
     hf.add_argument("--tokenizer", default=None,
-                    help="the data.tokenizer the model was trained with; a Hugging Face tokenizer (neox, a "
+                    help="the data.tokenizer the model was trained with (default: from the run's saved "
+                    "config.yaml when CKPT is <run>/checkpoints/…); a Hugging Face tokenizer (neox, a "
                     "tokenizer.json, a tokenizer dir) is saved into the directory (world/bytes: see README)")
-    hf.add_argument("--eos-id", type=int, default=0,
-                    help="end-of-document id the model was trained with (data.eod_token_id, default 0)")
+    hf.add_argument("--eos-id", type=int, default=None,
+                    help="end-of-document id the model was trained with (default: the run's data.eod_token_id, "
+                    "else 0)")
     peft_export.add_arguments(p)
     return p
 
@@ -48,6 +50,15 @@ def main(argv=None) -> int:
         print("export_checkpoint.py: --tokenizer applies to --format hf only", file=sys.stderr)
         return 2
     dtype = args.dtype or DEFAULT_DTYPE[args.format]
+    if args.format == "hf" and (args.tokenizer is None or args.eos_id is None):
+        found = run_data_settings(args.ckpt)
+        if found:
+            settings, where = found
+            args.tokenizer = args.tokenizer or settings.get("tokenizer")
+            args.eos_id = settings.get("eod_token_id") if args.eos_id is None else args.eos_id
+            print(f"data.tokenizer {args.tokenizer!r}, data.eod_token_id {args.eos_id} from {where}")
+    if args.eos_id is None:
+        args.eos_id = 0
     try:
         with peft_export.merged_source(args) as src:  # a PEFT run: merged, plus --adapter/--state
             sd = export_checkpoint(src, args.out, dtype, fmt=args.format, tokenizer=args.tokenizer,

@@ -69,15 +69,21 @@ def test_refusals_are_one_line_without_traceback(tmp_path):
 def test_finetune_from_an_hf_directory(ckpt, tmp_path):
     sd, src = ckpt
     run(["export_checkpoint.py", str(src), str(tmp_path / "start"), "--format", "hf", "--dtype", "fp32"])
+    # an unusual end-of-document id, so that the export can be seen to take it from the run's config
     over = {"model": {"load_model": str(tmp_path / "start"), "n_layer": None, "n_embd": None, "head_size": 64},
+            "data": {"eod_token_id": 5},
             "trainer": {"max_steps": 2, "val_check_interval": None, "limit_val_batches": 0}}
     cfg = make_config(tmp_path, over)
     preload(cfg)
     fit(cfg)
     losses = [float(r["train/loss"]) for r in read_metrics(tmp_path / "run") if r.get("train/loss")]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses), losses
-    run(["export_checkpoint.py", str(tmp_path / "run" / "checkpoints" / "last.ckpt"), str(tmp_path / "tuned"),
-         "--format", "hf", "--dtype", "fp32"])
+    p = run(["export_checkpoint.py", str(tmp_path / "run" / "checkpoints" / "last.ckpt"), str(tmp_path / "tuned"),
+             "--format", "hf", "--dtype", "fp32"])
+    assert "data.tokenizer 'bytes', data.eod_token_id 5 from" in p.stdout and "config.yaml" in p.stdout
+    assert "no tokenizer files written" in p.stdout
+    written = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert written["eos_token_id"] == 5 and written["bos_token_id"] == 5
     tuned = load_state_dict(tmp_path / "tuned")
     assert list(tuned) == list(sd)
     changed = [k for k in sd if not torch.equal(tuned[k], sd[k])]
