@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test quickstart lint clean
+.PHONY: setup test quickstart lint clean gpu-check
 
 setup: $(STAMP)
 
@@ -30,6 +30,14 @@ quickstart: setup
 
 lint: setup
 	$(VPY) -m ruff check .
+
+# The GPU path in one command (bench/gpu_check.py, docs/benchmarks.md "GPU check"). No `setup` dependency:
+# a GPU machine may have no network. It runs `PY=...` when given on the command line, else the venv's
+# python when `make setup` made one, else python3. Without a GPU it says so and exits 0.
+GPU_PY = $(if $(filter command line,$(origin PY)),$(PY),$(if $(wildcard $(VPY)),$(VPY),$(PY)))
+
+gpu-check:
+	$(GPU_PY) bench/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
