@@ -68,7 +68,7 @@ BF16_DENSE_PEAK_TFLOPS = (
     ("L40S", 362.0),
 )
 
-# The WKV-7 benchmark shape (issue statement: a 2048-channel model's heads, 4096-token segments).
+# The WKV-7 benchmark shape: the heads of a 2048-channel model, 4096-token segments, micro batch 8.
 WKV_SHAPE = dict(B=8, T=4096, H=32, N=64)
 # Training models: (name, n_layer, n_embd, micro batch); ctx 4096, World vocab.
 TRAIN_MODELS = (("L12-D768", 12, 768, 8), ("L24-D2048", 24, 2048, 4))

@@ -1,4 +1,4 @@
-"""Command-line overrides reach every path a run writes or suggests (docs/design.md §4 "CLI").
+"""Command-line overrides reach every path a run writes or suggests (docs/design.md §4).
 
 A shipped GPU recipe run as a new user would (CPU overrides, a tiny World-vocab model, a temporary
 `--trainer.default_root_dir`) must put its checkpoints under that directory, not under the recipe's own
