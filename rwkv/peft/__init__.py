@@ -352,7 +352,10 @@ def load_adapter(model, adapter_dir):
                           f"and {ADAPTER_WEIGHTS}, as export_checkpoint.py --adapter writes)")
     config = LoraConfig.from_pretrained(str(d))
     config.inference_mode = False
-    inject_lora(model, config)
+    try:
+        inject_lora(model, config)
+    except ConfigError as e:  # say which setting brought these target modules
+        raise ConfigError(f"model.peft.adapter: {d} does not fit this base model ({e})") from e
     weights = load_file(str(d / ADAPTER_WEIGHTS))
     try:
         result = set_peft_model_state_dict(model, weights)

@@ -26,11 +26,24 @@ def peft_info(ckpt) -> dict | None:
 
 
 def load_lightning_checkpoint(path) -> dict | None:
-    """A Lightning .ckpt file as a dict, or None when `path` is something else (a .pth, a directory)."""
+    """A Lightning checkpoint as a dict ({"rwkv": …, "state_dict": …}): a .ckpt file, or a DeepSpeed
+    directory of a model.peft run (its client state holds the PEFT record; the tensors are consolidated
+    by DeepSpeed's zero_to_fp32, all of them, frozen ones included). None for anything else."""
     path = Path(path)
-    if not path.is_file() or path.suffix != ".ckpt":
-        return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    if path.is_file() and path.suffix == ".ckpt":
+        return torch.load(path, map_location="cpu", weights_only=False)
+    if path.is_dir() and (path / "latest").is_file():
+        states = sorted((path / (path / "latest").read_text().strip()).glob("*model_states.pt"))
+        if not states:
+            return None
+        client = torch.load(states[0], map_location="cpu", weights_only=False)
+        if peft_info(client) is None:
+            return None
+        from ..checkpoint.export import _deepspeed_state_dict
+        from ..model.io import strip_prefixes
+
+        return {"rwkv": client["rwkv"], "state_dict": strip_prefixes(_deepspeed_state_dict(path))}
+    return None
 
 
 def rebuild(ckpt: dict, base: str | None = None):
@@ -124,11 +137,11 @@ class merged_source:
         import tempfile
 
         a = self.args
-        ckpt = load_lightning_checkpoint(a.ckpt) if a.ckpt.is_file() and a.ckpt.suffix == ".ckpt" else None
+        ckpt = load_lightning_checkpoint(a.ckpt)
         if peft_info(ckpt) is None:
             if a.adapter or a.state or a.base:
                 raise ConfigError(f"{a.ckpt}: --adapter, --state and --base need the checkpoint of a model.peft "
-                                  "run (a Lightning .ckpt)")
+                                  "run (a Lightning .ckpt or DeepSpeed directory)")
             return a.ckpt
         merged = export_peft(ckpt, a.adapter, a.state, a.base)
         out_dir = Path(a.out).resolve().parent

@@ -231,3 +231,32 @@ def test_bad_configs_name_the_key(cfg, key):
     model = random_model("x070", n_layer=1, n_embd=64, head_size=32, vocab_size=50)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         apply_peft(model, parse_peft(cfg))
+
+
+def test_adapter_directory_round_trip_and_base_mismatch(tmp_path):
+    from rwkv.peft import save_adapter
+
+    model = lora_model()
+    save_adapter(model, tmp_path / "adapter")
+    assert {p.name for p in (tmp_path / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    again = random_model("x070", n_layer=2, n_embd=128, vocab_size=300)  # the same base (same seed)
+    apply_peft(again, parse_peft({"adapter": str(tmp_path / "adapter")}))
+    assert all(".lora_" in n for n, p in again.named_parameters() if p.requires_grad)
+    x = torch.randint(0, 300, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)[0], model(x)[0], rtol=0, atol=0)
+    wider = random_model("x070", n_layer=2, n_embd=192, vocab_size=300)
+    with pytest.raises(ConfigError, match=r"model\.peft\.adapter"):
+        apply_peft(wider, parse_peft({"adapter": str(tmp_path / "adapter")}))
+    with pytest.raises(ConfigError, match=r"model\.peft\.adapter"):
+        apply_peft(random_model("x070", n_layer=2, n_embd=128, vocab_size=300),
+                   parse_peft({"adapter": str(tmp_path / "missing")}))
+
+
+def test_pissa_adapter_export_is_refused(tmp_path):
+    from rwkv.peft import save_adapter
+
+    model = random_model("x070", n_layer=1, n_embd=64, head_size=32, vocab_size=50)
+    apply_peft(model, parse_peft({"lora": {"r": 2, "init_lora_weights": "pissa"}}))
+    with pytest.raises(ConfigError, match="merged"):
+        save_adapter(model, tmp_path / "a")
