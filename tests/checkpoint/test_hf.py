@@ -423,3 +423,28 @@ def test_world_tokenizer_writes_no_tokenizer_files(tmp_path):
     save_pth(tiny(), tmp_path / "m.pth", dtype="fp32")
     export_checkpoint(tmp_path / "m.pth", tmp_path / "hf", fmt="hf", tokenizer="world")
     assert not any("token" in p.name for p in (tmp_path / "hf").iterdir())
+
+
+@pytest.mark.parametrize("layout", ["sharded", "bin"])
+def test_other_weight_layouts_import(exported, tmp_path, layout):
+    """Hub repositories may shard model.safetensors (with model.safetensors.index.json) or ship
+    pytorch_model.bin; both import to the same tensors."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model, path = exported
+    shutil.copytree(path, tmp_path / "d")
+    sd = load_file(tmp_path / "d" / "model.safetensors")
+    (tmp_path / "d" / "model.safetensors").unlink()
+    if layout == "sharded":
+        keys = list(sd)
+        parts = {"model-00001-of-00002.safetensors": keys[:30], "model-00002-of-00002.safetensors": keys[30:]}
+        for name, ks in parts.items():
+            save_file({k: sd[k] for k in ks}, tmp_path / "d" / name)
+        index = {"metadata": {}, "weight_map": {k: name for name, ks in parts.items() for k in ks}}
+        (tmp_path / "d" / "model.safetensors.index.json").write_text(json.dumps(index))
+    else:
+        torch.save(sd, tmp_path / "d" / "pytorch_model.bin")
+    back = load_state_dict(tmp_path / "d")
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
