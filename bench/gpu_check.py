@@ -599,11 +599,8 @@ def main(argv: list[str] | None = None) -> int:
             if name == "build":
                 verdicts[name] = section_build(rep, device)
             elif name == "tests":
-                if device.type != "cuda":
-                    rep.say("", "## tests: skipped (no CUDA device)")
-                    verdicts[name] = True
-                else:
-                    verdicts[name] = section_tests(rep, min(150.0, budget_left()))
+                # (on the CPU, in smoke runs, the same command reports every test skipped)
+                verdicts[name] = section_tests(rep, min(150.0, budget_left()))
             elif name == "compare":
                 verdicts[name] = section_compare(rep, device, SMOKE["compare"] if args.smoke else COMPARE)
             elif name == "wkv":

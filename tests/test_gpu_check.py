@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -115,6 +116,8 @@ def test_smoke_run_on_cpu_without_the_optional_packages(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert summary["ok"] is True and set(summary["verdicts"]) == set(gpu_check.SECTIONS)
+    tests = summary["tests"]["summary"]  # the cuda tests ran, each skipped for want of a GPU
+    assert summary["tests"]["ok"] and int(re.search(r"(\d+) skipped", tests).group(1)) > 0 and "fail" not in tests
     cmp = summary["compare"]
     assert len(cmp["fp32_cpu"]) == len(cmp["bf16_mixed"]) == 3 and cmp["bf16_mixed"][-1] < cmp["bf16_mixed"][0]
     wkv = {r["backend"]: r for r in summary["wkv"]["rows"]}
