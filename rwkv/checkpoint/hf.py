@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..model.config import _lora_rank
 from ..model.io import CheckpointMismatch, detect_version, expected_shapes, official_order
 from ..model.v7 import GROUPNORM_EPS
 from .safetensors_io import load_safetensors, save_safetensors
@@ -206,10 +207,6 @@ def _config_error(path, key, msg):
     return HFFormatError(f"{path}: `{key}` {msg}")
 
 
-def _lora_default(x: float) -> int:
-    return max(32, int(round(x / 32) * 32))
-
-
 def fla_sizes(config: dict, path="config.json") -> dict:
     """The sizes fla builds its RWKV7ForCausalLM with from `config` (its defaults and rank formulas for
     absent or null fields), after checking the structure our model can represent."""
@@ -253,10 +250,10 @@ def fla_sizes(config: dict, path="config.json") -> dict:
         ffn = 32 * -(-int(C * (config.get("hidden_ratio") or 4)) // 32)
     factor = head_dim / 64
     s = math.sqrt(C)
-    ranks = {"decay_low_rank_dim": (64, _lora_default(2.5 * s * factor)),
-             "a_low_rank_dim": (64, _lora_default(2.5 * s * factor)),
-             "v_low_rank_dim": (16, _lora_default(1.7 * s * factor)),
-             "gate_low_rank_dim": (128, _lora_default(5 * s))}
+    ranks = {"decay_low_rank_dim": (64, _lora_rank(2.5 * s * factor)),
+             "a_low_rank_dim": (64, _lora_rank(2.5 * s * factor)),
+             "v_low_rank_dim": (16, _lora_rank(1.7 * s * factor)),
+             "gate_low_rank_dim": (128, _lora_rank(5 * s))}
     # absent: RWKV7Config's default; explicit null: the attention layer's formula (fla 0.6.0)
     got = {k: int(config[k]) if config.get(k) is not None else (absent if k not in config else formula)
            for k, (absent, formula) in ranks.items()}
@@ -378,15 +375,15 @@ def save_tokenizer(tokenizer: str, out: Path) -> list[str]:
     with transformers' save_pretrained; `world` and `bytes` have no HF tokenizer: nothing is written."""
     if tokenizer in ("world", "bytes"):
         return []
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
     from ..data.tokenizers import HFDirTokenizer, JsonTokenizer, get_tokenizer
 
-    tok = get_tokenizer(tokenizer)
+    tok = get_tokenizer(tokenizer)  # resolves `neox` and checks the path, with the data pipeline's messages
     if isinstance(tok, JsonTokenizer):
-        from transformers import PreTrainedTokenizerFast
-
         hf_tok = PreTrainedTokenizerFast(tokenizer_file=tok.path)
     elif isinstance(tok, HFDirTokenizer):
-        hf_tok = tok._backend()
+        hf_tok = AutoTokenizer.from_pretrained(tok.path, local_files_only=True)
     else:
         return []
     before = set(os.listdir(out))
