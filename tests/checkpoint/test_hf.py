@@ -448,3 +448,19 @@ def test_other_weight_layouts_import(exported, tmp_path, layout):
         torch.save(sd, tmp_path / "d" / "pytorch_model.bin")
     back = load_state_dict(tmp_path / "d")
     assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
+
+
+def test_re_export_replaces_and_a_failed_export_keeps_the_old_dir(tmp_path):
+    from rwkv.data.errors import DataError
+
+    save_pth(tiny(), tmp_path / "m.pth", dtype="fp32")
+    export_checkpoint(tmp_path / "m.pth", tmp_path / "hf", "fp32", fmt="hf")
+    export_checkpoint(tmp_path / "m.pth", tmp_path / "hf", "bf16", fmt="hf")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
+    before = {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()}
+    # a tokenizer that cannot be resolved fails after the weights were written to the temporary dir
+    with pytest.raises(DataError, match="data.tokenizer"):
+        export_checkpoint(tmp_path / "m.pth", tmp_path / "hf", "fp32", fmt="hf",
+                          tokenizer=str(tmp_path / "missing.json"))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "m.pth"]  # no temporary or .old left
