@@ -163,10 +163,12 @@ class Report:
         self.data[key] = value
 
     def save(self) -> None:
-        if not self.out:
-            return
-        for name, text in (("gpu_check.txt", "\n".join(self.lines) + "\n"),
-                           ("gpu_check.json", json.dumps(self.data, indent=1, default=str) + "\n")):
+        self.attach("gpu_check.txt", "\n".join(self.lines) + "\n")
+        self.attach("gpu_check.json", json.dumps(self.data, indent=1, default=str) + "\n")
+
+    def attach(self, name: str, text: str) -> None:
+        """Write `text` to out/name (temporary file, then rename); nothing without an output folder."""
+        if self.out:
             tmp = self.out / f".{name}.tmp"
             tmp.write_text(text)
             os.replace(tmp, self.out / name)
@@ -243,6 +245,7 @@ def section_tests(rep: Report, budget_s: float) -> bool:
         rep.say(f"FAILED: the tests ran past {max(budget_s, 30):.0f} s")
         rep.put("tests", {"ok": False, "summary": "timeout"})
         return False
+    rep.attach("gpu_check_pytest.txt", p.stdout + p.stderr)  # the whole pytest output, beside the summary
     out = (p.stdout + p.stderr).strip().splitlines()
     if p.returncode != 0 and any("No module named pytest" in ln for ln in out):
         rep.say("not run: pytest is not installed for this python")

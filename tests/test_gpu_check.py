@@ -117,6 +117,7 @@ def test_smoke_run_on_cpu_without_the_optional_packages(tmp_path):
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert summary["ok"] is True and set(summary["verdicts"]) == set(gpu_check.SECTIONS)
     tests = summary["tests"]["summary"]  # the cuda tests ran, each skipped for want of a GPU
+    assert tests in (tmp_path / "gpu_check_pytest.txt").read_text()  # the whole pytest output is kept
     assert summary["tests"]["ok"] and int(re.search(r"(\d+) skipped", tests).group(1)) > 0 and "fail" not in tests
     cmp = summary["compare"]
     assert len(cmp["fp32_cpu"]) == len(cmp["bf16_mixed"]) == 3 and cmp["bf16_mixed"][-1] < cmp["bf16_mixed"][0]
