@@ -28,6 +28,9 @@ QUESTIONS = [  # (user text, assistant text); {q} = "a+b" / "a-b", {w} = "a plus
     ("What is {w}?", "{c}"),
     ("Compute {q}.", "{q}={c}"),
 ]
+# How often each phrasing is drawn. The evaluation's own phrasing ("a+b=") is the shortest and most
+# frequent: more problems per trained token; the others keep the variety (docs/benchmarks.md "Quickstart").
+QUESTION_WEIGHTS = (4, 1.5, 1.5, 1.5, 1.5)
 FOLLOW_UPS = [  # continue from the previous answer ({a} = that answer)
     ("And {o}{b}?", "{c}"),
     ("Then {w2} {b}.", "{c}"),
@@ -55,7 +58,7 @@ def eval_prompt(q: str) -> str:
 
 
 def make_dataset(out_dir: Path, max_operand: int = 99, n_train: int = 100000, n_eval: int = 500, seed: int = 0,
-                 held_out_share: float = 0.05) -> dict:
+                 held_out_share: float = 0.05, question_weights=QUESTION_WEIGHTS) -> dict:
     """Write train.jsonl (chat `messages`) and eval.jsonl ({prompt, answer}); returns counts."""
     rng = random.Random(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,7 +80,7 @@ def make_dataset(out_dir: Path, max_operand: int = 99, n_train: int = 100000, n_
                     user, bot = rng.choice(FOLLOW_UPS)
                 else:
                     p = render(*problem())
-                    user, bot = rng.choice(QUESTIONS)
+                    user, bot = rng.choices(QUESTIONS, question_weights)[0]
                 messages += [{"role": "user", "content": user.format(**p)},
                              {"role": "assistant", "content": bot.format(**p)}]
                 value = p["c"]
