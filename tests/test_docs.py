@@ -58,7 +58,6 @@ ALLOWED = {
     "tests/e2e/test_notebook.py",
     "tests/e2e/test_readme.py",
     "tests/e2e/test_resume.py",
-    "tests/e2e/test_strategies.py",
     "tests/training/test_loss_optim.py",
 }
 

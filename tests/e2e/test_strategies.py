@@ -1,11 +1,12 @@
-"""DDP and DeepSpeed ZeRO 1/2/3 (+offload) with 2 CPU processes through the real script (issue 4 item 6),
-and the export of those runs (issue "export").
+"""DDP and DeepSpeed ZeRO 1/2/3 (+offload) with 2 CPU processes through the real script, and the export of
+those runs.
 
 The usual strategy names work unchanged with `accelerator: cpu`; ranks whose samples have different
-segment counts neither hang nor mis-sync; gradients are reduced once per optimizer step; the same short
-run ends with equal weights under DDP and ZeRO-2. `export_checkpoint.py` turns the DDP, ZeRO-2 and ZeRO-3
-runs (each made once, module fixtures) into the same tensors in official order, and PyPI's `rwkv` loads
-each file with our model's logits.
+segment counts neither hang nor mis-sync; gradients are reduced once per optimizer step; every ZeRO stage,
+with and without offload, ends the same short run with DDP's weights (tolerances below, with reasons).
+`export_checkpoint.py` turns the DDP, ZeRO-2 and ZeRO-3 runs (each made once, module fixtures) into the
+checkpoint's tensors as torch and DeepSpeed read them, in official order, and PyPI's `rwkv` loads each file
+with our model's logits.
 """
 
 import json
@@ -74,31 +75,53 @@ SHARED_RUNS = {"deepspeed_stage_2": "zero2_run", "deepspeed_stage_3": "zero3_run
 
 
 def weights(run_dir):
+    """The run's final weights, read without the project's checkpoint code (the export tests below compare
+    the project's reader and exporter with this): Lightning's .ckpt with torch.load, a DeepSpeed directory
+    with DeepSpeed's own zero_to_fp32; the LightningModule's `model.` prefix removed."""
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    return {k: v.float() for k, v in read_training_checkpoint(ckpt).items()}
+    if ckpt.is_dir():
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
+    else:
+        sd = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert all(k.startswith("model.") for k in sd)
+    return {k.removeprefix("model."): v.float() for k, v in sd.items()}
 
 
-def test_ddp_and_zero2_end_with_equal_weights(ddp_run, zero2_run):
-    ddp, z2 = weights(ddp_run), weights(zero2_run)
-    assert ddp.keys() == z2.keys()
-    # Same data, same AdamW arithmetic; only the order of the gradient-norm summation differs (DeepSpeed
-    # sums squared norms per partition), which moves results at fp32 round-off level.
-    for k in ddp:
-        torch.testing.assert_close(z2[k], ddp[k], atol=2e-6, rtol=1e-5, msg=k)
-    assert (ddp["ln_out.weight"] - 1).abs().max() > 1e-3  # both really trained (LayerNorm weights start at 1)
+# Every ZeRO stage against DDP after the same 3 steps, max |w − w_ddp| over all weights (lr 3e-3, so one
+# step moves a weight by up to ~3e-3). Measured 2026-12-04 (torch 2.13 CPU, DeepSpeed 0.19.8):
+# * ZeRO-1 3.9e-7, ZeRO-2 3.9e-7, ZeRO-3 9.7e-7: the same torch AdamW; only the order of the gradient-norm
+#   sum (per partition) and, under ZeRO-3, the unfused head loss (logits from the head module) differ —
+#   fp32 round-off.
+# * ZeRO-2 + offload 1.1e-6, ZeRO-3 + offload 1.4e-6: these step with DeepSpeedCPUAdam (DeepSpeed refuses a
+#   torch optimizer with offload). It is the same decoupled AdamW with bias correction, but its fused SIMD
+#   update orders the operations differently (and applies weight decay in its own pass), so it cannot match
+#   torch's AdamW bit for bit: ~1e-6 after 3 steps, ~3e-4 of one step's update.
+# The tolerance, 5e-6, is 3.5x the largest measurement; a wrong step (a missed micro batch, a double
+# reduction, a wrong lr group) moves weights by ~1e-3.
+STAGE_TOL = {"deepspeed_stage_1": 5e-6, "deepspeed_stage_2": 5e-6, "deepspeed_stage_3": 5e-6,
+             "deepspeed_stage_2_offload": 5e-6, "deepspeed_stage_3_offload": 5e-6}
 
 
-@pytest.mark.parametrize("strategy", ["deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3",
-                                      "deepspeed_stage_2_offload", "deepspeed_stage_3_offload"])
-def test_deepspeed_stages_train(data, tmp_path, request, strategy):
+@pytest.mark.parametrize("strategy", sorted(STAGE_TOL))
+def test_every_deepspeed_stage_computes_the_ddp_step(data, tmp_path, request, ddp_run, strategy):
     if strategy in SHARED_RUNS:  # made once for the module
         run_dir = request.getfixturevalue(SHARED_RUNS[strategy])
     else:
         run_dir = run_strategy(data, tmp_path, strategy)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert ckpt.is_dir() and (ckpt / "latest").is_file()
-    w = weights(run_dir)
-    assert all(torch.isfinite(v).all() for v in w.values())
+    got, want = weights(run_dir), weights(ddp_run)
+    # DeepSpeed's zero_to_fp32 leaves out frozen parameters in ZeRO-1 checkpoints: x070's layer-0
+    # v0/v1/v2, which the model never uses (the project's reader restores them; the export test checks it)
+    frozen = {"blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"}
+    assert set(want) - set(got) <= (frozen if strategy == "deepspeed_stage_1" else set()), set(got) ^ set(want)
+    assert set(got) <= set(want)
+    dev = max((got[k] - want[k]).abs().max().item() for k in got)
+    print(f"{strategy}: max |w - w_ddp| = {dev:.3g}")
+    assert dev <= STAGE_TOL[strategy], (strategy, dev)
+    assert (want["ln_out.weight"] - 1).abs().max() > 1e-3  # DDP really trained (LayerNorm weights start at 1)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "deepspeed_stage_2"])
@@ -124,7 +147,7 @@ def test_one_reduction_per_optimizer_step(data, tmp_path, strategy):
 # (ZeRO-2) and 1.1e-6 (ZeRO-3) absolute; the bf16 exports differ in 5 (ZeRO-2) and 8 (ZeRO-3) of 174,720
 # elements, each by one bf16 step.
 BF16_FLIPS_MAX = 5e-4  # fraction of elements (~87 here): 10x the measured count
-PIP_REL = 1e-5  # our logits vs pip's, relative to the largest |logit| (issue: 1e-4; measured ~2e-7)
+PIP_REL = 1e-5  # our logits vs pip's, relative to the largest |logit| (measured ~2e-7)
 
 
 def export(run_dir, out, dtype):
@@ -145,7 +168,7 @@ def test_exports_of_ddp_zero2_zero3_agree_and_pip_loads_them(ddp_run, zero2_run,
     with ThreadPoolExecutor(2) as pool:  # the real script, two at a time (~5 s of start-up each)
         files = dict(zip(jobs, pool.map(lambda job: export(runs[job[0]], paths[job], job[1]), jobs), strict=True))
 
-    # official key order (model-spec §1.2 / §4.1): the model's registration order, no wrapper prefixes
+    # official key order (docs/model-spec.md §1.2 / §4.1): the model's registration order, no wrapper prefixes
     keys = list(files["ddp", "fp32"])
     assert keys == list(expected_shapes(infer_config(files["ddp", "fp32"])))
     assert keys[0] == "emb.weight" and keys[-3:] == ["ln_out.weight", "ln_out.bias", "head.weight"]
@@ -157,7 +180,8 @@ def test_exports_of_ddp_zero2_zero3_agree_and_pip_loads_them(ddp_run, zero2_run,
     for name, run_dir in runs.items():
         fp32, bf16, trained = files[name, "fp32"], files[name, "bf16"], weights(run_dir)
         assert trained.keys() == fp32.keys()
-        for k in keys:  # the fp32 export is the training checkpoint's tensors; bf16 is their rounding
+        assert read_training_checkpoint(run_dir / "checkpoints" / "last.ckpt").keys() == trained.keys()
+        for k in keys:  # the fp32 export is the checkpoint's tensors as torch/DeepSpeed read them; bf16 rounds
             assert torch.equal(fp32[k], trained[k]), (name, k)
             assert torch.equal(bf16[k], fp32[k].to(torch.bfloat16)), (name, k)
 
