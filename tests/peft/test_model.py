@@ -260,3 +260,20 @@ def test_pissa_adapter_export_is_refused(tmp_path):
     apply_peft(model, parse_peft({"lora": {"r": 2, "init_lora_weights": "pissa"}}))
     with pytest.raises(ConfigError, match="merged"):
         save_adapter(model, tmp_path / "a")
+
+
+def test_grad_cp_gives_the_same_lora_and_state_gradients():
+    grads = []
+    for grad_cp in (False, True):
+        model = lora_model()
+        model.grad_cp = grad_cp
+        attach_time_state(model)
+        set_states(model)
+        x = torch.randint(0, 300, (2, 20))
+        reset = torch.zeros(2, 20, dtype=torch.bool)
+        reset[0, 9] = True
+        model(x, None, reset)[0].square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and any("time_state" in n for n in grads[0])
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-7)  # recomputation order only
