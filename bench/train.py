@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Training-step throughput and MFU on this CPU (issue 4 item 9).
+"""Training-step throughput and MFU on this CPU.
 
 One step = forward + backward through the real segment loop (rwkv.training.segments) with the fused
 head/CE/L2Wrap loss, global-norm clipping at 1.0 and the official AdamW groups — what RWKVLitModule runs

@@ -1,4 +1,4 @@
-"""`RWKVCLI`: the LightningCLI behind `python lightning_trainer.py fit|validate -c cfg.yaml` (DESIGN.md §4).
+"""`RWKVCLI`: the LightningCLI behind `python lightning_trainer.py fit|validate -c cfg.yaml` (docs/design.md §4).
 
 The model class (RWKVLitModule) and data class (RWKVDataModule) are fixed, so YAML says
 `model: {n_layer: …}` and `data: {…}`. Values are stated once and linked: the tokenizer's vocab goes to
@@ -20,7 +20,7 @@ from .training.strategies import register_strategies
 from .training.trainer import RWKVTrainer
 
 TRAINER_DEFAULTS = {
-    "gradient_clip_val": 1.0,  # spec §1.6 (DeepSpeed gets it through its config)
+    "gradient_clip_val": 1.0,  # docs/model-spec.md §1.6 (DeepSpeed gets it through its config)
     "num_sanity_val_steps": 0,
     "use_distributed_sampler": False,  # RWKVDataModule builds per-rank samplers (resumable, official)
     "log_every_n_steps": 1,
@@ -49,7 +49,7 @@ class RWKVCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         import torch
 
-        if torch.cuda.is_available():  # tf32 matmuls on GPU (issue 4 item 5); never at import
+        if torch.cuda.is_available():  # tf32 matmuls on GPU; never at import
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config

@@ -1,6 +1,6 @@
 """Official `.pth` files: load, infer the config from shapes, check, save in official key order.
 
-Model-spec §4.1: a flat dict[str, Tensor], keys and shapes of §1.2 / §2 in module registration order,
+docs/model-spec.md §4.1: a flat dict[str, Tensor], keys and shapes of §1.2 / §2 in module registration order,
 no wrapper prefixes, no non-tensor entries. Loaders never assume LoRA formulas: ranks come from shapes.
 """
 
@@ -81,7 +81,7 @@ def _n_layer(sd: dict) -> int:
 
 
 def detect_version(sd: dict) -> str:
-    """x070 has att.r_k; x060 has time_maa_*; x052 has a 2-D time_decay [H,N] and ln_x (spec §4.2).
+    """x070 has att.r_k; x060 has time_maa_*; x052 has a 2-D time_decay [H,N] and ln_x (docs/model-spec.md §4.2).
 
     pip scans keys in file order (ln_x -> 5, gate.weight -> 5.1, then a time_decay with shape[1] > 1 ->
     5.2; time_maa -> 6); on official files this order-independent test gives the same answer.
@@ -98,7 +98,7 @@ def detect_version(sd: dict) -> str:
 
 
 def infer_config(sd: dict) -> RWKVConfig:
-    """Version and all sizes from tensor shapes (spec §1.2, §2, §4.2)."""
+    """Version and all sizes from tensor shapes (docs/model-spec.md §1.2, §2, §4.2)."""
     version = detect_version(sd)
     V, C = sd["emb.weight"].shape
     L = _n_layer(sd)
@@ -112,7 +112,7 @@ def infer_config(sd: dict) -> RWKVConfig:
                   d_gate_lora=sd["blocks.0.att.g1"].shape[1])
     else:
         H, N = sd["blocks.0.att.time_faaaa"].shape
-        dim_att = sd["blocks.0.att.key.weight"].shape[0]  # pip's n_att (spec §4.2)
+        dim_att = sd["blocks.0.att.key.weight"].shape[0]  # pip's n_att (docs/model-spec.md §4.2)
         if dim_att != C or H * N != C:
             raise ValueError(f"{version} checkpoint with dim_att {dim_att} (time_faaaa {H}x{N}) != "
                              f"n_embd {C}: only dim_att = n_embd (as in the official releases) is supported")
@@ -159,7 +159,7 @@ def from_pth(path, config: RWKVConfig | None = None, dtype=None, grad_cp: bool =
     sd = load_state_dict(path)
     try:
         cfg = config or infer_config(sd)
-    except (ValueError, KeyError) as e:  # name the file (DESIGN.md §5.10)
+    except (ValueError, KeyError) as e:  # name the file (docs/design.md §5.10)
         raise ValueError(f"{path}: {e}") from e
     check_state_dict(sd, cfg, source=str(path))
     model = build_model(cfg, grad_cp=grad_cp)
@@ -171,7 +171,7 @@ def from_pth(path, config: RWKVConfig | None = None, dtype=None, grad_cp: bool =
 
 def official_order(sd: dict, cfg: RWKVConfig | None = None, source: str = "state dict",
                    hint: str = LOAD_HINT) -> dict:
-    """The same tensors, keyed and ordered as the official file (spec §1.2 / §4.1)."""
+    """The same tensors, keyed and ordered as the official file (docs/model-spec.md §1.2 / §4.1)."""
     sd = strip_prefixes(sd)
     cfg = cfg or infer_config(sd)
     check_state_dict(sd, cfg, source=source, hint=hint)

@@ -1,4 +1,4 @@
-"""`init_model.py`: write a freshly initialised model (official init, model-spec §1.4 / §2) as a .pth."""
+"""`init_model.py`: write a freshly initialised model (official init, docs/model-spec.md §1.4 / §2) as a .pth."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head_size", type=int, default=64)
     p.add_argument("--dim_ffn", type=int, default=None, help="default: 4C (x070), 3.5C rounded to 32 (x060/x052)")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
-                   help="official files are bf16 (model-spec §1.2)")
+                   help="official files are bf16 (docs/model-spec.md §1.2)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--skip-if-exists", action="store_true", help="do nothing when OUT already exists")
     p.add_argument("out", type=Path, help="output .pth path (written to a temporary file, then renamed)")

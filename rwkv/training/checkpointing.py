@@ -1,4 +1,4 @@
-"""Checkpoint writes that never leave a torn file or directory behind (DESIGN.md §3 "Checkpoints").
+"""Checkpoint writes that never leave a torn file or directory behind (docs/design.md §3.7).
 
 * Single-file checkpoints: `AtomicCheckpointIO` writes to a temporary file in the target directory, fsyncs
   and renames over the target (fsspec's transaction stages in the system temp dir and then *copies*

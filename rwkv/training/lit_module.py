@@ -1,4 +1,4 @@
-"""`RWKVLitModule`: the plain RWKV model wrapped for Lightning (DESIGN.md §3–4).
+"""`RWKVLitModule`: the plain RWKV model wrapped for Lightning (docs/design.md §3.5, §4).
 
 One training step = one optimizer step: the batch holds all micro batches of the step (see
 trainer.RWKVTrainer), each run through the segment loop (segments.py). Every backward but the last goes
@@ -82,7 +82,7 @@ class RWKVLitModule(pl.LightningModule):
             layerwise_lr: The RWKV-v5 folder's layer-wise lr groups (time_decay 2×, time_first 3×, the
                 rest 1×; docs/model-spec.md §1.6). Default (null): the official default of the model's
                 version — on for x060/x052; x070's recipe has no such switch (att.w0 is 2× either way).
-            l2wrap: Apply L2Wrap (keeps logits near 0; model-spec §1.5).
+            l2wrap: Apply L2Wrap (keeps logits near 0; docs/model-spec.md §1.5).
             on_nonfinite_loss: On a NaN/inf loss: stop with a message, or skip the step.
             peft: Parameter-efficient fine-tuning of load_model (rwkv/peft): lora (peft.LoraConfig fields),
                 state_tuning, train_parts (ln, time, emb, head), adapter (a peft adapter dir), state_lr.

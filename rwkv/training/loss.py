@@ -1,4 +1,4 @@
-"""Token-weighted cross-entropy with L2Wrap (model-spec §1.5), fused with the head projection.
+"""Token-weighted cross-entropy with L2Wrap (docs/model-spec.md §1.5), fused with the head projection.
 
 `head_ce_l2wrap(hidden, head_weight, targets, weights)` returns S = Σ_t w_t·CE_t, a *sum*: the caller
 divides it by n, the number of learned tokens of the micro batch, to get the mean CE the official trainer
@@ -6,12 +6,12 @@ optimises. L2Wrap adds, in backward only, g·1e-4·w_t·max-logit at the arg-max
 upstream gradient of S. Since the caller's division makes g = 1/n (times any accumulation or loss scale),
 each learned row receives exactly the official g'·1e-4/n·max-logit on top of the gradient of the mean CE —
 "1e-4/(B·T)" with B·T replaced by the tokens that are actually learned, and scaled by the upstream gradient
-(the original Python version forgot it; spec §1.5). The penalty must therefore not be divided by n here as
+(the original Python version forgot it; docs/model-spec.md §1.5). The penalty must therefore not be divided by n here as
 well: that made it n× too weak (128× at 128 learned tokens).
 
 The fused path never materialises the full [rows, V] logits for backward: rows are processed in blocks,
 and each block's gradients w.r.t. hidden and head weight are formed right away and kept (the official
-trainer's "head + L2Wrap + CE" kernel does the same, spec §1.5). Backward then just scales them by g.
+trainer's "head + L2Wrap + CE" kernel does the same, docs/model-spec.md §1.5). Backward then just scales them by g.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-L2WRAP_FACTOR = 1e-4  # spec §1.5
+L2WRAP_FACTOR = 1e-4  # docs/model-spec.md §1.5
 ROW_BLOCK = 2048  # rows per block: bounds the [block, V] fp32 logits buffer (2048 × 65536 × 4 B = 512 MiB)
 
 
@@ -85,7 +85,7 @@ def head_ce_l2wrap(hidden, head_weight, targets, weights, l2wrap: bool = True):
 
 
 class _L2Wrap(torch.autograd.Function):
-    """Identity on the loss; backward adds g·scale·w·max-logit at each row's arg-max (spec §1.5)."""
+    """Identity on the loss; backward adds g·scale·w·max-logit at each row's arg-max (docs/model-spec.md §1.5)."""
 
     @staticmethod
     def forward(ctx, loss, logits, weights, scale):

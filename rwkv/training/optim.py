@@ -1,4 +1,4 @@
-"""Parameter groups, optimizer choice and the LR schedule of the official trainer (model-spec §1.6)."""
+"""Parameter groups, optimizer choice and the LR schedule of the official trainer (docs/model-spec.md §1.6)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 
 def lr_scale_and_decay(name: str, p, weight_decay: float, layerwise_lr: bool) -> tuple[float, float]:
-    """(lr multiplier, weight decay) of one parameter, by the official rules (model-spec §1.6).
+    """(lr multiplier, weight decay) of one parameter, by the official rules (docs/model-spec.md §1.6).
 
     The rules are tried in the official order, first match wins: with `layerwise_lr` the low-rank
     `_w1`/`_w2` matrices come before the `time_decay` rule (so `time_decay_w1` is 1×, not 2×),
@@ -50,7 +50,7 @@ def param_groups(model, weight_decay: float, layerwise_lr: bool = False) -> list
 
 def build_optimizer(groups, lr: float, betas, eps: float, offload: bool = False, fused: bool = True):
     """Torch AdamW (decoupled decay, bias correction) by default; DeepSpeedCPUAdam when ZeRO offloads the
-    optimizer (DeepSpeed refuses a client torch optimizer with offload, platform notes). `fused` picks the
+    optimizer (DeepSpeed refuses a client torch optimizer when the optimizer is offloaded). `fused` picks the
     single-kernel AdamW (Lightning's mixed-precision plugin refuses to clip gradients for it)."""
     clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
     if offload:
@@ -66,7 +66,7 @@ def build_optimizer(groups, lr: float, betas, eps: float, offload: bool = False,
 def lr_at(step: int, tokens: float, *, lr_init: float, lr_final: float, warmup_steps: int, schedule: str,
           total_steps: int | None = None, total_tokens: float | None = None,
           time_progress: float | None = None, warmup_tokens: float | None = None) -> float:
-    """Warm-up then decay from lr_init to lr_final (model-spec §1.6).
+    """Warm-up then decay from lr_init to lr_final (docs/model-spec.md §1.6).
 
     Progress runs over `total_tokens` when a token budget is set (like my_exit_tokens), else over
     `total_steps`, and starts after the warm-up in both: the official token progress is

@@ -1,4 +1,4 @@
-"""The segment loop (TBPTT) of DESIGN.md §3: samples of any length in `ctx_len` segments, state carried.
+"""The segment loop (TBPTT) of docs/design.md §3.4: samples of any length in `ctx_len` segments, state carried.
 
 Modes (`bptt`):
 * ``"truncated"`` — the state is detached at every boundary; each segment is forwarded and backwarded at

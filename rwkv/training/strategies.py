@@ -1,4 +1,4 @@
-"""Strategies that run unchanged on CPU and GPU (DESIGN.md §6, platform notes "DeepSpeed on CPU").
+"""Strategies that run unchanged on CPU and GPU (docs/design.md §6).
 
 Lightning's DeepSpeedStrategy refuses a CPU accelerator. `RWKVDeepSpeedStrategy` lifts exactly the three
 CUDA assumptions (the accelerator check, the CUDA device-index validation, and `device_rank` = the CUDA
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def _skip_cpu_shm_comm_build() -> None:
     """DeepSpeed JIT-compiles a shared-memory all-reduce op for CPU (60–105 s on a cold machine); torch's
-    gloo collectives give identical results (platform notes), so use those."""
+    gloo collectives gave identical results when we compared them, so use those."""
     comm = importlib.import_module("deepspeed.comm.torch")  # `import deepspeed.comm.torch` finds torch
     comm.build_shm_op = lambda: None
 

@@ -1,4 +1,4 @@
-"""`RWKVTrainer`: Lightning's Trainer plus the batch settings infctx users know (prior-art §2.2).
+"""`RWKVTrainer`: Lightning's Trainer plus the batch settings infctx users know from the template project.
 
 `trainer.microbatch_size` is the number of samples per forward pass per device; `trainer.target_batch_size`
 (optional) is the number of samples per optimizer step over all devices, from which the accumulation

@@ -1,4 +1,4 @@
-"""`export_checkpoint.py` on bad input (issue "export"; DESIGN.md §5.10): a missing, partial or foreign
+"""`export_checkpoint.py` on bad input (docs/design.md §5.10): a missing, partial or foreign
 checkpoint stops with a non-zero exit code and one message naming the path, no Python traceback, and the
 output .pth is neither created nor, when it exists, overwritten.
 

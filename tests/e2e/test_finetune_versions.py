@@ -1,4 +1,4 @@
-"""Fine-tuning an RWKV-6 (x060) and an RWKV-5.2 (x052) model end to end (issue "RWKV-6/5").
+"""Fine-tuning an RWKV-6 (x060) and an RWKV-5.2 (x052) model end to end.
 
 `init_model.py` (its main) writes a tiny official-format .pth, `lightning_trainer.py fit` trains it for 3 steps
 from `model.load_model`, `export_checkpoint.py` writes the result, and PyPI's `rwkv` loads that file and
@@ -18,7 +18,7 @@ from tests.support.runs import fit, make_config, preload, read_metrics, run
 
 pytestmark = pytest.mark.slow
 
-REL = 1e-4  # issue "RWKV-6/5": pip's logits equal ours within 1e-4 relative (fp32 file, fp32 compute)
+REL = 1e-4  # pip's logits equal ours within 1e-4 relative (fp32 file, fp32 compute)
 STEPS = 3
 
 
@@ -33,7 +33,7 @@ def data(tmp_path_factory):
 @pytest.mark.parametrize("version,cls", [("x060", "RWKV6"), ("x052", "RWKV5")])
 def test_finetune_export_and_pip_load(data, tmp_path, version, cls):
     # 2 layers: pip tells v5.2 from v5.0/5.1 only on a 2-D time_decay met after an ln_x key, which in
-    # official order first happens at blocks.1 (model-spec §4.2; see tests/model/test_interop_v6.py).
+    # official order first happens at blocks.1 (docs/model-spec.md §4.2; see tests/model/test_interop_v6.py).
     # `bytes` is the byte tokenizer's padded vocab (320 rows), the one data.tokenizer links to the model.
     init = tmp_path / f"{version}_init.pth"
     # init_model.py's main in-process: the script is only its import (tested in tests/model/test_v6_init.py),
@@ -61,7 +61,7 @@ def test_finetune_export_and_pip_load(data, tmp_path, version, cls):
     assert len(changed) == len(start), sorted(set(start) - set(changed))  # every tensor was trained
     assert (tuned["ln_out.weight"] - 1).abs().max() > 1e-3  # by more than rounding (LayerNorm starts at 1)
 
-    # fp32 file on purpose: pip folds ln0 into emb.weight in the file's dtype (model-spec §4.2)
+    # fp32 file on purpose: pip folds ln0 into emb.weight in the file's dtype (docs/model-spec.md §4.2)
     ours = from_pth(out).eval()
     assert type(ours).__name__ == cls
     tokens = list(b"alpha beta gamma delta\neps zeta eta theta")

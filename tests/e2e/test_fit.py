@@ -1,4 +1,4 @@
-"""`lightning_trainer.py` through the real script on a tiny CPU config (issue 4 items 1, 7, 8)."""
+"""`lightning_trainer.py` through the real script on a tiny CPU config."""
 
 import math
 

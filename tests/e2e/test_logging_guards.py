@@ -1,4 +1,4 @@
-"""Loggers selectable in YAML, the loss-curve command, bf16-mixed, and the NaN/inf guard (issue 4 items 5, 8)."""
+"""Loggers selectable in YAML, the loss-curve command, bf16-mixed, and the NaN/inf guard."""
 
 import math
 

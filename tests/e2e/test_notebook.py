@@ -1,4 +1,4 @@
-"""The walk-through notebook runs top to bottom on a tiny config (issue 5 item 5) and is committed
+"""The walk-through notebook runs top to bottom on a tiny config and is committed
 without outputs."""
 
 import json

@@ -1,4 +1,4 @@
-"""The README's workflow block runs as written (issue 5 item 7), with fewer training steps and the paths
+"""The README's workflow block runs as written, with fewer training steps and the paths
 moved into a temporary directory."""
 
 import re

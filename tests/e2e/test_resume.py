@@ -1,4 +1,4 @@
-"""Checkpoints and resume through the real script (issue 4 item 7).
+"""Checkpoints and resume through the real script.
 
 A run killed mid-training and resumed with `--ckpt_path last` (or `--auto_resume true`) ends with exactly
 the weights of an uninterrupted run: the step count, the LR schedule and the data position all continue.

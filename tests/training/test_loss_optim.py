@@ -1,4 +1,4 @@
-"""Loss (L2Wrap, model-spec §1.5), parameter groups and LR schedule (spec §1.6)."""
+"""Loss (L2Wrap, docs/model-spec.md §1.5), parameter groups and LR schedule (docs/model-spec.md §1.6)."""
 
 import math
 
