@@ -277,3 +277,41 @@ def test_grad_cp_gives_the_same_lora_and_state_gradients():
     assert grads[0].keys() == grads[1].keys() and any("time_state" in n for n in grads[0])
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-7)  # recomputation order only
+
+
+@pytest.mark.parametrize("version", ["x060", "x052"])
+def test_lora_merge_on_v6_and_v5(version):
+    model = random_model(version, n_layer=2, n_embd=128, vocab_size=300)
+    apply_peft(model, parse_peft({"lora": {"r": 4, "target_modules": ["receptance", "key", "value", "output",
+                                                                      "gate"]}}))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    x = torch.randint(0, 300, (2, 16))
+    with torch.no_grad():
+        want = model(x)[0]
+        merge_peft(model)
+        got = model(x)[0]
+    assert list(model.state_dict()) == list(official_order(model.state_dict(), model.cfg))
+    assert ((got - want).norm() / want.norm()).item() <= 1e-5
+
+
+@pytest.mark.parametrize("version", ["x060", "x052"])
+def test_pip_forward_from_a_v6_v5_state_file(version, tmp_path):
+    """pip's v5/v6 state is [H, key, value]; the state file is [H, value, key] (docs/model-spec.md §4.2)."""
+    from rwkv.model import save_pth
+    from rwkv.peft import to_pip_state_list
+    from tests.support.pip_rwkv import run_pip_rwkv
+
+    model = random_model(version, n_layer=2, n_embd=128, vocab_size=300)
+    save_pth(model, tmp_path / "m.pth", dtype="fp32")
+    attach_time_state(model)
+    set_states(model)
+    states = time_states(model)
+    tokens = torch.randint(0, 300, (12,)).tolist()
+    with torch.no_grad():
+        ours = model(torch.tensor([tokens]))[0][0]
+    pip = run_pip_rwkv(tmp_path / "m.pth", version, tokens, tmp_path, state_in=to_pip_state_list(states, model.cfg))
+    # pip's fp32 path, different summation order: the interop tests' bound
+    assert (pip["cont_logits"] - ours).abs().max().item() <= 1e-4 * max(1.0, ours.abs().max().item())
