@@ -10,6 +10,7 @@ checkpoint holds (the trainable tensors + the optimizer state; for PEFT runs the
 
     python bench/peft.py                 # all three, 3 steps each
     python bench/peft.py --steps 5 --configs lora state
+    python bench/peft.py --grad_cp       # with model.grad_cp (the shipped PEFT configs use it)
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def child(args) -> None:
     tune_cpu_allocator()  # as lightning_trainer.py does
     torch.manual_seed(0)
     cfg = RWKVConfig(n_layer=args.n_layer, n_embd=args.n_embd, head_size=64, vocab_size=args.vocab)
-    model = build_model(cfg)
+    model = build_model(cfg, grad_cp=args.grad_cp)
     with torch.no_grad():  # any finite weights do for timing and memory (the official init is slow here)
         for p in model.parameters():
             p.normal_(0, 0.02)
@@ -95,6 +96,8 @@ def main() -> None:
     p.add_argument("--n_embd", type=int, default=768)
     p.add_argument("--vocab", type=int, default=65536)
     p.add_argument("--ctx", type=int, default=512)
+    p.add_argument("--grad_cp", action="store_true", help="recompute each block in backward (model.grad_cp, as the "
+                   "shipped LoRA / state-tuning configs do)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args()
     if args.child:
@@ -104,6 +107,7 @@ def main() -> None:
     for c in args.configs:
         cmd = [sys.executable, __file__, "--child", "--config", c, "--steps", str(args.steps), "--n_layer",
                str(args.n_layer), "--n_embd", str(args.n_embd), "--vocab", str(args.vocab), "--ctx", str(args.ctx)]
+        cmd += ["--grad_cp"] if args.grad_cp else []
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         if out.returncode != 0:
             sys.exit(f"{c} failed:\n{out.stderr[-3000:]}")
@@ -111,7 +115,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), file=sys.stderr)
     full = next((r for r in rows if r["config"] == "full"), None)
     print(f"x070 L{args.n_layer}-D{args.n_embd} vocab {args.vocab} ctx {args.ctx}, {args.steps} steps, "
-          f"{os.cpu_count()} CPUs, torch threads default")
+          f"grad_cp {args.grad_cp}, {os.cpu_count()} CPUs, torch threads default")
     print("| run | trainable params | RSS before step 1 | peak RSS | step time | checkpoint |"
           + (" RSS / full | ckpt / full |" if full else ""))
     print("|---|---|---|---|---|---|" + ("---|---|" if full else ""))
