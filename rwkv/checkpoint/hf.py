@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import swap_in_dir
 from ..model.config import _lora_rank
 from ..model.io import CheckpointMismatch, detect_version, expected_shapes, official_order
 from ..model.v7 import GROUPNORM_EPS
@@ -399,13 +400,7 @@ def _swap_in(tmp: Path, out: Path) -> None:
         if any(out.iterdir()) and not (out / "config.json").is_file():
             raise HFFormatError(f"{out}: a non-empty directory that is not a model export; refusing to "
                                 "replace it, choose another output path")
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    swap_in_dir(tmp, out, old=out.with_name(f".{out.name}.old"))
 
 
 def save_hf(sd: dict, out, dtype: torch.dtype = torch.bfloat16, tokenizer: str | None = None,

@@ -7,30 +7,19 @@ WebGPU mode) take, and what Runner's own converter writes (docs/model-spec.md §
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from ..atomic import atomic_file
 
 
 def save_safetensors(sd: dict, path, metadata: dict | None = None) -> None:
     """Write `sd` (tensors as given: dtype and key order are the caller's choice) to `path` atomically."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         # safetensors refuses views that share storage or are not contiguous: hand it compact copies
         save_file({k: v.detach().to("cpu").contiguous() for k, v in sd.items()}, tmp,
                   metadata={"format": "pt", **(metadata or {})})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_safetensors(path) -> dict:

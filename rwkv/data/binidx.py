@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import commit_file
 from .errors import DataError
 
 MAGIC = b"MMIDIDX\x00\x00"  # docs/model-spec.md §6.1
@@ -135,8 +136,8 @@ class BinIdxWriter:
         with open(tmp_idx, "wb") as f:
             f.write(MAGIC + struct.pack("<QBQQ", VERSION, CODES[self.dtype], len(sizes), len(doc_idx)))
             f.write(sizes.tobytes() + pointers.tobytes() + doc_idx.tobytes())
-        os.replace(self._tmp_bin, self.prefix + ".bin")
-        os.replace(tmp_idx, self.prefix + ".idx")
+        commit_file(self._tmp_bin, self.prefix + ".bin")
+        commit_file(tmp_idx, self.prefix + ".idx")
 
     def abort(self) -> None:
         self._bin.close()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
-import os
 import shutil
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import swap_in_dir
 from .errors import DataError
 from .sources import source_fingerprint
 
@@ -250,13 +250,7 @@ def _check_target(cfg) -> None:
 
 def _swap_in(build: Path, target: Path) -> None:
     """Replace `target` by `build` with two renames on the same file system."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.rename(target, old)
-    os.rename(build, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    swap_in_dir(build, target)
 
 
 def preload(cfg, *, force: bool = False, progress=_stderr) -> dict:

@@ -6,13 +6,12 @@ no wrapper prefixes, no non-tensor entries. Loaders never assume LoRA formulas: 
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_file
 from .config import RWKVConfig
 from .registry import build_model
 
@@ -179,20 +178,9 @@ def official_order(sd: dict, cfg: RWKVConfig | None = None, source: str = "state
 
 
 def atomic_torch_save(obj, path) -> None:
-    """Write to a temporary file in the target directory, then rename: never a torn output file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """torch.save through rwkv.atomic: never a torn output file."""
+    with atomic_file(path) as tmp:
         torch.save(obj, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_pth(model_or_sd, path, dtype="bf16", cfg: RWKVConfig | None = None) -> dict:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_file
 from .common import check_log_decay, zero_state
 
 log = logging.getLogger("rwkv.ops")
@@ -100,17 +101,10 @@ def cache_dir() -> Path:
 
 
 def _compile(cc: str, flags: list[str], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.stem + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(out) as tmp:  # other processes see either nothing or the whole library
         proc = subprocess.run([cc, *flags, "-o", tmp, *map(str, SOURCES), "-lm"], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed on {', '.join(p.name for p in SOURCES)}: {proc.stderr.strip()[-800:]}")
-        os.replace(tmp, out)  # atomic: other processes see either nothing or the whole library
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _build():
