@@ -4,10 +4,10 @@
 //   sa_t = S_{t-1} a_t;   S_t = S_{t-1} diag(d_t) + sa_t b_tᵀ + v_t k_tᵀ;   y_t = S_t r_t.
 // Structure follows the official trainer kernel (docs/model-spec.md §3.1): one block per (head, batch),
 // one thread per value row i, the state row S[i, :] in registers, the state saved after every
-// _CHUNK_LEN_ steps, and a "back-stepping" backward that walks t = T-1 .. 0 and reconstructs
-// S_{t-1} = (S_t − v_t k_tᵀ − sa_t b_tᵀ) ⊘ d_t, restarting from the saved state at each chunk end.
+// _SNAPSHOT_INTERVAL_ steps, and a "back-stepping" backward that walks t = T-1 .. 0 and reconstructs
+// S_{t-1} = (S_t − v_t k_tᵀ − sa_t b_tᵀ) ⊘ d_t, restarting from the saved state at each snapshot.
 // The division is safe because RWKV-7's clamp gives λ ≥ −e^{−1/2} ≈ −0.6066, so 1/d ≤ 1.83, and
-// errors can grow for at most _CHUNK_LEN_ − 1 steps before the next restart.
+// errors can grow for at most _SNAPSHOT_INTERVAL_ − 1 steps before the next restart.
 //
 // Differences from the official kernel (the "four small changes" of docs/model-spec.md §3.1, plus two):
 //   1. the register row starts from s0[b,h,i,:] instead of 0;
@@ -17,7 +17,7 @@
 //   5. w is the log-decay λ (our op's contract), so d = exp(λ) and ∂L/∂λ_j = d_j Σ_i ∂S_t[i,j]·S_{t-1}[i,j];
 //   6. an optional reset mask zeroes the state before step t. Back-stepping cannot cross a reset
 //      (the pre-reset state is not a function of S_t), so at a reset the backward recomputes
-//      S_{t-1} forward from the chunk's starting state with the saved sa values.
+//      S_{t-1} forward from the state saved at the start of its snapshot interval with the saved sa values.
 // Storage type F is float or __nv_bfloat16; all arithmetic and every state/sa buffer are fp32.
 
 #include "wkv7_state.h"
@@ -34,7 +34,7 @@ wkv7_forward_kernel(int T, int H, const F* __restrict__ r_, const F* __restrict_
                     float* __restrict__ snaps_, float* __restrict__ sa_, float* __restrict__ sT_) {
   const int hh = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;  // i: value row owned by this thread
   const int64_t bh = static_cast<int64_t>(bb) * H + hh;
-  const int n_chunks = T / CHUNK;
+  const int n_snaps = T / SNAPSHOT;
 
   __shared__ float r[N], dec[N], k[N], a[N], b[N];
 
@@ -72,8 +72,8 @@ wkv7_forward_kernel(int T, int H, const F* __restrict__ r_, const F* __restrict_
     }
     y_[ind] = from_f<F>(y);
 
-    if ((t + 1) % CHUNK == 0) {  // snapshot S_t at the end of every chunk (the last one is S_T)
-      float* snap = snaps_ + ((bh * n_chunks + t / CHUNK) * N + i) * N;
+    if ((t + 1) % SNAPSHOT == 0) {  // snapshot S_t at the end of every snapshot interval (the last one is S_T)
+      float* snap = snaps_ + ((bh * n_snaps + t / SNAPSHOT) * N + i) * N;
 #pragma unroll
       for (int j = 0; j < N; j++) snap[j] = state[j];
     }
@@ -97,7 +97,7 @@ wkv7_backward_kernel(int T, int H, const F* __restrict__ r_, const F* __restrict
   // Thread i owns value row i of the state gradient and key column i of the state and its gradient.
   const int hh = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;
   const int64_t bh = static_cast<int64_t>(bb) * H + hh;
-  const int n_chunks = T / CHUNK;
+  const int n_snaps = T / SNAPSHOT;
 
   __shared__ float r[N], dec[N], k[N], v[N], a[N], b[N], sa[N], dy[N], dsa[N];
 
@@ -128,8 +128,8 @@ wkv7_backward_kernel(int T, int H, const F* __restrict__ r_, const F* __restrict
     dy[i] = to_f(dy_[ind]);
     __syncthreads();
 
-    if ((t + 1) % CHUNK == 0) {  // restart from the saved S_t (stored [value, key]: read column i)
-      const float* snap = snaps_ + (bh * n_chunks + t / CHUNK) * N * N;
+    if ((t + 1) % SNAPSHOT == 0) {  // restart from the saved S_t (stored [value, key]: read column i)
+      const float* snap = snaps_ + (bh * n_snaps + t / SNAPSHOT) * N * N;
 #pragma unroll
       for (int j = 0; j < N; j++) stT[j * N] = snap[j * N + i];
     }
@@ -165,13 +165,13 @@ wkv7_backward_kernel(int T, int H, const F* __restrict__ r_, const F* __restrict
     if (rst) {
       // The state before step t was replaced by 0, so S_t says nothing about the pre-reset S_{t-1}
       // (the back-step above produced the zero state). Recompute S_{t-1} forward from the state
-      // entering this chunk with the saved sa (column form); ∂λ is 0 since S_{t-1} was not used.
+      // entering this snapshot interval with the saved sa (column form); ∂λ is 0 since S_{t-1} was not used.
       dw = 0.f;
-      const int c = t / CHUNK;
-      const float* start = (c == 0) ? s0_ + bh * N * N : snaps_ + (bh * n_chunks + c - 1) * N * N;
+      const int c = t / SNAPSHOT;
+      const float* start = (c == 0) ? s0_ + bh * N * N : snaps_ + (bh * n_snaps + c - 1) * N * N;
 #pragma unroll
       for (int j = 0; j < N; j++) stT[j * N] = start[j * N + i];
-      for (int u = c * CHUNK; u < t; u++) {
+      for (int u = c * SNAPSHOT; u < t; u++) {
         if (is_reset(reset_, bb, u, T)) {
 #pragma unroll
           for (int j = 0; j < N; j++) stT[j * N] = 0.f;
@@ -222,7 +222,7 @@ template <class F>
 int launch_forward(int B, int T, int H, const void* r, const void* w, const void* k, const void* v,
                    const void* a, const void* b, const float* s0, const uint8_t* reset, void* y,
                    float* snaps, float* sa, float* sT, cudaStream_t stream) {
-  if (B <= 0 || H <= 0 || T <= 0 || T % CHUNK != 0 || B > 65535) return cudaErrorInvalidValue;
+  if (B <= 0 || H <= 0 || T <= 0 || T % SNAPSHOT != 0 || B > 65535) return cudaErrorInvalidValue;
   const dim3 grid(H, B);
   wkv7_forward_kernel<F><<<grid, N, 0, stream>>>(
       T, H, static_cast<const F*>(r), static_cast<const F*>(w), static_cast<const F*>(k),
@@ -237,7 +237,7 @@ int launch_backward(int B, int T, int H, const void* r, const void* w, const voi
                     const uint8_t* reset, const float* snaps, const float* sa, const float* dsT,
                     void* dr, void* dw, void* dk, void* dv, void* da, void* db, float* ds0,
                     cudaStream_t stream) {
-  if (B <= 0 || H <= 0 || T <= 0 || T % CHUNK != 0 || B > 65535) return cudaErrorInvalidValue;
+  if (B <= 0 || H <= 0 || T <= 0 || T % SNAPSHOT != 0 || B > 65535) return cudaErrorInvalidValue;
   const dim3 grid(H, B);
   wkv7_backward_kernel<F><<<grid, N, 0, stream>>>(
       T, H, static_cast<const F*>(r), static_cast<const F*>(w), static_cast<const F*>(k),
@@ -283,4 +283,4 @@ const char* wkv7_state_error_string(int code) {
 }
 
 int wkv7_state_head_size() { return wkv::N; }
-int wkv7_state_chunk_len() { return wkv::CHUNK; }
+int wkv7_state_snapshot_interval() { return wkv::SNAPSHOT; }

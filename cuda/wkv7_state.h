@@ -6,10 +6,10 @@
 //   r, w, k, v, a, b, y, dy and their gradients: [B, T, H, N] in the kernel dtype (fp32 or bf16);
 //       w is the LOG-decay λ ≤ 0 (decay = exp(λ)), not the raw ω of the official kernel;
 //   s0, sT, dsT, ds0: [B, H, N, N] fp32, [value i, key j] layout (the rwkv pip layout);
-//   snaps: [B, H, T/_CHUNK_LEN_, N, N] fp32, the state after each chunk, [value, key] layout;
+//   snaps: [B, H, T/_SNAPSHOT_INTERVAL_, N, N] fp32, the state after each snapshot interval, [value, key] layout;
 //   sa: [B, T, H, N] fp32, sa_t = S_{t-1} a_t (after a reset: 0);
 //   reset: [B, T] bytes (torch.bool) or nullptr; reset[b,t] != 0 zeroes the state before step t.
-// T must be a multiple of _CHUNK_LEN_ (the Python wrapper pads). Return value: 0 on success,
+// T must be a multiple of _SNAPSHOT_INTERVAL_ (the Python wrapper pads). Return value: 0 on success,
 // otherwise a cudaError_t code (see wkv7_state_error_string).
 #pragma once
 
@@ -33,4 +33,4 @@ const char* wkv7_state_error_string(int code);
 
 // Compile-time constants, exported so the binding can check tensor shapes against the build.
 int wkv7_state_head_size();
-int wkv7_state_chunk_len();
+int wkv7_state_snapshot_interval();

@@ -39,15 +39,15 @@ void check_f32(const at::Tensor& x, const char* name, at::IntArrayRef shape, con
   TORCH_CHECK(x.sizes() == shape, "wkv7_state: ", name, " has shape ", x.sizes(), ", expected ", shape);
 }
 
-// Returns B, T, H after checking r's shape against the compiled head size and chunk length.
+// Returns B, T, H after checking r's shape against the compiled head size and snapshot interval.
 std::vector<int64_t> dims(const at::Tensor& r) {
   TORCH_CHECK(r.dim() == 4, "wkv7_state: inputs must be [B, T, H, N], got ", r.sizes());
   const int64_t B = r.size(0), T = r.size(1), H = r.size(2), N = r.size(3);
   TORCH_CHECK(N == wkv7_state_head_size(), "wkv7_state: head size ", N,
               " is not supported; the kernel is compiled for head size ", wkv7_state_head_size(),
               " (-D_N_). Use backend='chunked' for other head sizes.");
-  TORCH_CHECK(T > 0 && T % wkv7_state_chunk_len() == 0, "wkv7_state: T = ", T,
-              " must be a positive multiple of ", wkv7_state_chunk_len(), " (pad in Python)");
+  TORCH_CHECK(T > 0 && T % wkv7_state_snapshot_interval() == 0, "wkv7_state: T = ", T,
+              " must be a positive multiple of ", wkv7_state_snapshot_interval(), " (pad in Python)");
   TORCH_CHECK(B <= 65535, "wkv7_state: batch ", B, " exceeds the grid limit 65535");
   return {B, T, H, N};
 }
@@ -86,7 +86,7 @@ std::vector<at::Tensor> forward(at::Tensor r, at::Tensor w, at::Tensor k, at::Te
   const at::cuda::CUDAGuard guard(r.device());
   const auto f32 = r.options().dtype(at::kFloat);
   at::Tensor y = at::empty_like(r);
-  at::Tensor snaps = at::empty({B, H, T / wkv7_state_chunk_len(), N, N}, f32);
+  at::Tensor snaps = at::empty({B, H, T / wkv7_state_snapshot_interval(), N, N}, f32);
   at::Tensor sa = at::empty({B, T, H, N}, f32);
   at::Tensor sT = at::empty({B, H, N, N}, f32);
   check_launch(wkv7_state_forward(dt, B, T, H, r.data_ptr(), w.data_ptr(), k.data_ptr(),
@@ -112,7 +112,7 @@ std::vector<at::Tensor> backward(at::Tensor r, at::Tensor w, at::Tensor k, at::T
   check_btHN(b, "b", r);
   check_btHN(dy, "dy", r);
   check_f32(s0, "s0", {B, H, N, N}, r);
-  check_f32(snaps, "snaps", {B, H, T / wkv7_state_chunk_len(), N, N}, r);
+  check_f32(snaps, "snaps", {B, H, T / wkv7_state_snapshot_interval(), N, N}, r);
   check_f32(sa, "sa", {B, T, H, N}, r);
   check_f32(dsT, "dsT", {B, H, N, N}, r);
   const uint8_t* rs = reset_ptr(reset, r, B, T);
@@ -140,5 +140,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "wkv7_state forward -> [y, sT, snaps, sa]");
   m.def("backward", &backward, "wkv7_state backward -> [dr, dw, dk, dv, da, db, ds0]");
   m.def("head_size", &wkv7_state_head_size);
-  m.def("chunk_len", &wkv7_state_chunk_len);
+  m.def("snapshot_interval", &wkv7_state_snapshot_interval);
 }

@@ -9,18 +9,18 @@
 #ifndef _N_
 #error "wkv kernels: compile with -D_N_=64 (the head size; every official RWKV model uses 64)"
 #endif
-#ifndef _CHUNK_LEN_
-#error "wkv kernels: compile with -D_CHUNK_LEN_=16 (state snapshot interval, docs/model-spec.md §3.1)"
+#ifndef _SNAPSHOT_INTERVAL_
+#error "wkv kernels: compile with -D_SNAPSHOT_INTERVAL_=16 (state snapshot interval, docs/model-spec.md §3.1)"
 #endif
 // One thread per channel and three register rows of N floats per thread in the v7 backward:
 // 64 is what the official kernels use and the only size this code was compiled and checked for.
 static_assert(_N_ == 64, "wkv kernels are written and checked for head size _N_ == 64 only");
-static_assert(_CHUNK_LEN_ > 0, "_CHUNK_LEN_ must be positive");
+static_assert(_SNAPSHOT_INTERVAL_ > 0, "_SNAPSHOT_INTERVAL_ must be positive");
 
 namespace wkv {
 
 constexpr int N = _N_;
-constexpr int CHUNK = _CHUNK_LEN_;
+constexpr int SNAPSHOT = _SNAPSHOT_INTERVAL_;
 
 // All arithmetic is fp32; the storage type F is float or __nv_bfloat16.
 __device__ __forceinline__ float to_f(float x) { return x; }

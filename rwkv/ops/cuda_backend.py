@@ -34,7 +34,9 @@ log = logging.getLogger("rwkv.ops")
 
 CUDA_DIR = Path(__file__).resolve().parents[2] / "cuda"
 HEAD_SIZE = 64  # -D_N_: every official RWKV model uses head size 64 (docs/model-spec.md §0 notation, §3.1)
-CHUNK_LEN = 16  # -D_CHUNK_LEN_: state snapshot interval of the official kernels (docs/model-spec.md §3.1)
+# -D_SNAPSHOT_INTERVAL_: tokens between the state snapshots the backward restarts from (the official
+# kernels call it _CHUNK_LEN_; docs/model-spec.md §3.1). Not a chunk of the chunked algorithm.
+SNAPSHOT_INTERVAL = 16
 
 # extension -> sources; op -> extension (wkv5 runs on the wkv6 kernel)
 _SOURCES = {"wkv7": ("wkv7_state_op.cpp", "wkv7_state.cu"), "wkv6": ("wkv6_state_op.cpp", "wkv6_state.cu")}
@@ -64,9 +66,9 @@ def _build(name: str):
     """Compile and load extension `name` (torch caches the build and rebuilds when a source changes)."""
     from torch.utils.cpp_extension import load  # imported here: it is slow and pulls setuptools
 
-    defines = [f"-D_N_={HEAD_SIZE}", f"-D_CHUNK_LEN_={CHUNK_LEN}"]
+    defines = [f"-D_N_={HEAD_SIZE}", f"-D_SNAPSHOT_INTERVAL_={SNAPSHOT_INTERVAL}"]
     return load(
-        name=f"rwkv_{name}_state_n{HEAD_SIZE}_c{CHUNK_LEN}",
+        name=f"rwkv_{name}_state_n{HEAD_SIZE}_c{SNAPSHOT_INTERVAL}",
         sources=[str(CUDA_DIR / s) for s in _SOURCES[name]],
         extra_include_paths=[str(CUDA_DIR)],
         extra_cflags=["-O3", *defines],
@@ -124,13 +126,13 @@ def kernel_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def wkv7_with(ext, r, w, k, v, a, b, state=None, reset=None):
-    """wkv7 through the kernel interface `ext`: pad T to a multiple of CHUNK_LEN, cast, call, crop.
+    """wkv7 through the kernel interface `ext`: pad T to a multiple of SNAPSHOT_INTERVAL, cast, call, crop.
 
     Padding and casts are ordinary autograd ops, so gradients come back unpadded in the input dtypes.
     """
     B, T, H, N = r.shape
     kdt = kernel_dtype(r)
-    T_pad = -(-T // CHUNK_LEN) * CHUNK_LEN
+    T_pad = -(-T // SNAPSHOT_INTERVAL) * SNAPSHOT_INTERVAL
     # Pad with λ = 0 (decay 1) and zeros: outputs and final state are unchanged (docs/model-spec.md §3.4).
     r, w, k, v, a, b = (pad_time(x.to(kdt), T_pad).contiguous() for x in (r, w, k, v, a, b))
     s0 = (zero_state(B, H, N, torch.float32, r.device) if state is None
@@ -226,7 +228,7 @@ def _oracle(op: str):
 def _reset_mask(B, T, device):
     """Document starts mid-chunk and on a chunk boundary, in the last batch row only."""
     rst = torch.zeros(B, T, dtype=torch.bool, device=device)
-    for t in (5, CHUNK_LEN, 2 * CHUNK_LEN + 3):
+    for t in (5, SNAPSHOT_INTERVAL, 2 * SNAPSHOT_INTERVAL + 3):
         if t < T:
             rst[B - 1, t] = True
     return rst
@@ -284,7 +286,7 @@ def _compare(op, ext_fn, inputs, n_in, dy, dsT, dtype, reset, round_mask):
 def check_wkv7(ext, device, dtype=torch.float32, reset: bool = False, B=2, T=37, H=2, N=HEAD_SIZE,
                seed=1234) -> dict:
     """`ext` through `wkv7_with` vs the oracle (`chunked`) in fp64: relative max error of y, the final
-    state and every gradient. T = 37 is not a multiple of CHUNK_LEN; the initial state is non-zero.
+    state and every gradient. T = 37 is not a multiple of SNAPSHOT_INTERVAL; the initial state is non-zero.
     Uses its own generator: the global RNG is untouched."""
     gen = torch.Generator().manual_seed(seed)
     r, w, k, v, a, b, s0, dy, dsT = _wkv7_inputs(B, T, H, N, device, gen)

@@ -2,7 +2,7 @@
 
 It mirrors the kernels' loop structure and buffers so the algorithm can be validated here, where the
 .cu cannot run: per (batch, head) block and per thread i, the same per-step operations in the same
-order, the same fp32 state snapshots every CHUNK steps, the same saved `sa`, and the same
+order, the same fp32 state snapshots every SNAPSHOT_INTERVAL steps, the same saved `sa`, and the same
 back-stepping backward (divide by the decay, restart at chunk ends, recompute from the chunk start
 at a reset). Blocks and threads are vectorised: a per-thread register row becomes row i of a
 [B, H, N(thread), N] tensor, a shared-memory vector a [B, H, N] tensor. Sums over j run in torch's
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import torch
 
-CHUNK = 16  # -D_CHUNK_LEN_
+SNAPSHOT_INTERVAL = 16  # -D_SNAPSHOT_INTERVAL_
 
 
 class Wkv7Emulation:
     """`acc` is the arithmetic dtype: float32 like the kernel, or float64 to check the maths exactly
     (then the state/sa buffers are fp64 too; the kernel's are always fp32)."""
 
-    def __init__(self, acc: torch.dtype = torch.float32, chunk: int = CHUNK):
+    def __init__(self, acc: torch.dtype = torch.float32, chunk: int = SNAPSHOT_INTERVAL):
         self.acc = acc
         self.buf = torch.float64 if acc == torch.float64 else torch.float32
         self.chunk = chunk

@@ -276,7 +276,7 @@ def test_v5_wrapper_matches_v5_reference_and_sums_decay_grad():
 # ------------------------------------------------------------------------- slow: compile checks
 KERNELS = {"wkv7_state.cu": ("wkv7_forward_kernel", "wkv7_backward_kernel"),
            "wkv6_state.cu": ("wkv6_forward_kernel", "wkv6_backward_kernel")}
-NVCC_FLAGS = ["-arch=sm_80", "-std=c++20", "-O3", "--use_fast_math", "-D_N_=64", "-D_CHUNK_LEN_=16"]
+NVCC_FLAGS = ["-arch=sm_80", "-std=c++20", "-O3", "--use_fast_math", "-D_N_=64", "-D_SNAPSHOT_INTERVAL_=16"]
 
 
 def _nvcc():
@@ -301,7 +301,7 @@ def test_nvcc_compiles_the_kernels(tmp_path, source):
     spills = [int(n) for n in re.findall(r"(\d+) bytes spill stores", out.stderr)]
     assert len(spills) == 4 and max(spills) <= 128, out.stderr  # wkv7 backward: 64-88 bytes (13.0)
     # A wrong head size is a compile-time error with a readable message.
-    bad = subprocess.run([_nvcc(), "-c", "-arch=sm_80", "-D_N_=32", "-D_CHUNK_LEN_=16", f"-I{CUDA_DIR}",
+    bad = subprocess.run([_nvcc(), "-c", "-arch=sm_80", "-D_N_=32", "-D_SNAPSHOT_INTERVAL_=16", f"-I{CUDA_DIR}",
                           str(CUDA_DIR / source), "-o", str(tmp_path / "bad.o")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "head size" in bad.stderr
@@ -325,7 +325,7 @@ def test_bindings_parse_against_torch_headers(tmp_path):
     procs = {}
     for src in ("wkv7_state_op.cpp", "wkv6_state_op.cpp"):  # two processes: about 30 s each
         cmd = ["g++", "-std=c++20", "-fsyntax-only", "-Wall", "-Wextra", "-DTORCH_EXTENSION_NAME=x",
-               "-D_N_=64", "-D_CHUNK_LEN_=16", "-isystem", str(tmp_path / "shim"), "-isystem", str(tinc),
+               "-D_N_=64", "-D_SNAPSHOT_INTERVAL_=16", "-isystem", str(tmp_path / "shim"), "-isystem", str(tinc),
                "-isystem", str(tinc / "torch/csrc/api/include"), "-isystem", str(cuda_inc),
                "-isystem", sysconfig.get_paths()["include"], f"-I{CUDA_DIR}", str(CUDA_DIR / src)]
         procs[src] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
