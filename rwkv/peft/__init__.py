@@ -205,7 +205,7 @@ def load_state_file(path) -> dict:
 
 def to_pip_state_list(states: dict, cfg) -> list[torch.Tensor]:
     """A state file as the `rwkv` pip state list (3 entries per layer, zeros for the token-shift entries):
-    x070 uses the [H, value, key] tensor as-is, v5/v6 transposed to pip's [H, key, value] (spec §4.2)."""
+    x070 uses the [H, value, key] tensor as-is, v5/v6 transposed to pip's [H, key, value] (docs/model-spec.md §4.2)."""
     out = []
     for i in range(cfg.n_layer):
         S = states[STATE_KEY.format(i)].float()

@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     for t in stream(model, ids, args.tokens, args.temperature, args.top_p, seed=args.seed, device=args.device):
         out.append(t)
         text = tok.decode(out)
-        if not text.endswith("\ufffd"):  # hold back an incomplete UTF-8 sequence (model-spec §5.1)
+        if not text.endswith("\ufffd"):  # hold back an incomplete UTF-8 sequence (docs/model-spec.md §5.1)
             sys.stdout.write(text[len(shown):])
             sys.stdout.flush()
             shown = text
