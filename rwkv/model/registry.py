@@ -1,28 +1,26 @@
-"""Version -> model class and official init (lazy imports so each version lives in its own module)."""
+"""Version -> model class and official init."""
 
 from __future__ import annotations
 
-import importlib
-
 from .config import RWKVConfig
+from .init import init_x070
+from .init_v6 import init_x052, init_x060
+from .v5 import RWKV5
+from .v6 import RWKV6
+from .v7 import RWKV7
 
-# version -> ("module:Class", "module:init_function"), relative to rwkv.model
+# version -> (model class, official init)
 _VERSIONS = {
-    "x070": ("v7:RWKV7", "init:init_x070"),
-    "x060": ("v6:RWKV6", "init_v6:init_x060"),
-    "x052": ("v5:RWKV5", "init_v6:init_x052"),
+    "x070": (RWKV7, init_x070),
+    "x060": (RWKV6, init_x060),
+    "x052": (RWKV5, init_x052),
 }
-
-
-def _resolve(spec: str):
-    module, name = spec.split(":")
-    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
 def model_class(version: str):
     if version not in _VERSIONS:
         raise ValueError(f"unknown model version {version!r}; supported: {sorted(_VERSIONS)}")
-    return _resolve(_VERSIONS[version][0])
+    return _VERSIONS[version][0]
 
 
 def build_model(cfg: RWKVConfig, grad_cp: bool = False, init: bool = False):
@@ -34,4 +32,4 @@ def build_model(cfg: RWKVConfig, grad_cp: bool = False, init: bool = False):
 
 
 def init_weights(model) -> None:
-    _resolve(_VERSIONS[model.cfg.version][1])(model)
+    _VERSIONS[model.cfg.version][1](model)
