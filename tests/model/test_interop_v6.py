@@ -23,7 +23,11 @@ from rwkv.model.io import detect_version
 from tests.support.models import random_model
 from tests.support.pip_rwkv import run_pip_rwkv
 
-REL = 1e-4  # pip parity bound: logits equal within 1e-4 relative
+# pip parity bound, as README states it: max |ours - pip| / max |pip| over each logits or state tensor.
+# Measured 4.2e-8..7.1e-7 here (x060 max 5.0e-7, x052 max 7.1e-7), the size of pip's own token-by-token
+# vs whole-sequence difference (5.3e-7, 5.5e-7): fp32 rounding in different summation orders. 2e-6 leaves
+# ~3x for other BLAS builds and thread counts (same bound as test_interop_v7.py).
+REL = 2e-6
 
 
 def rel_err(a, b):
@@ -62,6 +66,7 @@ def test_pip_rwkv_loads_our_model(tmp_path, version):
         cont_from_ours, _ = ours(idx, seq_state)
     errs["cont_from_pip"] = rel_err(cont_from_pip[0], pip["cont_logits"])
     errs["cont_from_ours"] = rel_err(cont_from_ours[0], pip["cont_logits"])
+    print({k: f"{v:.1e}" for k, v in errs.items()})  # the measured numbers, under pytest -s
     assert max(errs.values()) < REL, errs
     assert rel_err(pip["cont_logits"], pip["seq_logits"]) > 1e-3  # the state really mattered
 

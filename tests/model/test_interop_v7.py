@@ -7,7 +7,12 @@ from rwkv.model import from_pip_state, from_pth, save_pth, to_pip_state
 from tests.support.models import random_model
 from tests.support.pip_rwkv import run_pip_rwkv
 
-REL = 1e-4  # pip parity bound: 1e-4 relative (docs/model-spec.md §0 measured ~1e-6 at fp32 compute)
+# pip parity bound, as README states it: max |ours - pip| / max |pip| over each logits or state tensor.
+# Measured 1.6e-7..5.5e-7 here (fp32 and bf16 files, x060/x052 in test_interop_v6.py up to 7.1e-7), the
+# size of pip's own token-by-token vs whole-sequence difference (3.9e-7..5.5e-7): fp32 rounding in
+# different summation orders. 2e-6 leaves ~3x for other BLAS builds and thread counts; a real defect (e.g.
+# ln_x eps 1e-5 instead of 64e-5) is far above it.
+REL = 2e-6
 
 
 def rel_err(a, b):
@@ -32,16 +37,18 @@ def test_pip_rwkv_loads_our_x070(tmp_path, file_dtype):
             tok_rows.append(out[0, 0])
     pip = run_pip_rwkv(pth, "x070", tokens, tmp_path / "pip", state_in=to_pip_state(seq_state))
 
-    assert rel_err(seq_logits[0], pip["seq_logits"]) < REL
-    assert rel_err(torch.stack(tok_rows), pip["tok_logits"]) < REL
+    errs = {"seq": rel_err(seq_logits[0], pip["seq_logits"]),
+            "tok": rel_err(torch.stack(tok_rows), pip["tok_logits"])}
     # carried state: ours and pip's agree entry by entry (att x_prev, WKV S [value,key], ffn x_prev)
-    for mine, theirs in zip(to_pip_state(seq_state), pip["seq_state"]):
+    for i, (mine, theirs) in enumerate(zip(to_pip_state(seq_state), pip["seq_state"], strict=True)):
         assert mine.shape == theirs.shape
-        assert rel_err(mine, theirs) < REL
+        errs[f"state{i}"] = rel_err(mine, theirs)
     # pip's final state handed to our model continues like pip continuing from ours (both directions)
     with torch.no_grad():
         cont_from_pip, _ = ours(idx, from_pip_state(pip["seq_state"]))
         cont_from_ours, _ = ours(idx, seq_state)
-    assert rel_err(cont_from_pip[0], pip["cont_logits"]) < REL
-    assert rel_err(cont_from_ours[0], pip["cont_logits"]) < REL
+    errs["cont_from_pip"] = rel_err(cont_from_pip[0], pip["cont_logits"])
+    errs["cont_from_ours"] = rel_err(cont_from_ours[0], pip["cont_logits"])
+    print({k: f"{v:.1e}" for k, v in errs.items()})  # the measured numbers, under pytest -s
+    assert max(errs.values()) < REL, errs
     assert rel_err(pip["cont_logits"], pip["seq_logits"]) > 1e-3  # the state really mattered
