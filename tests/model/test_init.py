@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from rwkv.model import RWKVConfig, build_model, load_state_dict
-from rwkv.model.init import channel_ramps, layer_ratios
 from tests.conftest import ROOT
 
 
@@ -42,27 +41,39 @@ def test_orthogonal_matrices_and_gains(model):
     assert_orthogonal(model.head.weight, 0.5 * math.sqrt(V / C))
 
 
+def official_vectors(l, L, C, N):
+    """docs/model-spec.md §1.4 written out per channel with plain floats, as the official trainer's loops do;
+    independent of rwkv.model.init (whose channel_ramps/layer_ratios the model is built from)."""
+    r01, r10 = l / (L - 1), 1.0 - l / L
+    rows = {k: [] for k in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "v0", "k_k", "ffn_x_k")}
+    for n in range(C):
+        ddd, lin = n / C, n / (C - 1) - 0.5
+        zz = ((n % N) - (N - 1) / 2) / ((N - 1) / 2)
+        zig = zz * abs(zz)
+        for name, p in (("x_r", 0.2), ("x_w", 0.9), ("x_k", 0.7), ("x_v", 0.7), ("x_a", 0.9), ("x_g", 0.2)):
+            rows[name].append(1 - ddd ** (p * r10))
+        rows["w0"].append(-6 + 6 * (n / (C - 1)) ** (1 + r01 ** 0.3) + 0.5 + 2.5 * zig)
+        rows["a0"].append(-0.19 + 0.3 * zig + 0.4 * lin)
+        rows["v0"].append(0.73 - 0.4 * lin)
+        rows["k_k"].append(0.71 - 0.1 * lin)
+        rows["ffn_x_k"].append(1 - ddd ** (r10 ** 4))
+    return {k: torch.tensor(v, dtype=torch.float64) for k, v in rows.items()}
+
+
 def test_per_layer_vectors(model):
     C, N, L = 256, 64, 3
-    ddd, lin, zig = channel_ramps(C, N)
-    n = torch.arange(C, dtype=torch.float64)
     for l, b in enumerate(model.blocks):
-        r01, r10 = layer_ratios(l, L)
         a = b.att
-        expect = {
-            "x_r": 1 - ddd ** (0.2 * r10), "x_w": 1 - ddd ** (0.9 * r10), "x_k": 1 - ddd ** (0.7 * r10),
-            "x_v": 1 - ddd ** (0.7 * r10), "x_a": 1 - ddd ** (0.9 * r10), "x_g": 1 - ddd ** (0.2 * r10),
-            "w0": -6 + 6 * (n / (C - 1)) ** (1 + r01 ** 0.3) + 0.5 + 2.5 * zig,
-            "a0": -0.19 + 0.3 * zig + 0.4 * lin, "v0": 0.73 - 0.4 * lin, "k_k": 0.71 - 0.1 * lin,
-        }
+        expect = official_vectors(l, L, C, N)
+        got = {name: getattr(a, name) for name in expect if name != "ffn_x_k"} | {"ffn_x_k": b.ffn.x_k}
         for name, want in expect.items():
-            got = getattr(a, name).detach().double().flatten()
-            torch.testing.assert_close(got, want, atol=1e-6, rtol=0, msg=f"layer {l} {name}")
+            # atol 1e-6: the model holds fp32 copies of fp64 formulas (rounding <= 6e-8 for |value| <= 9)
+            torch.testing.assert_close(got[name].detach().double().flatten(), want, atol=1e-6, rtol=0,
+                                       msg=f"layer {l} {name}")
         assert torch.all(a.k_a == 1.02) and torch.all(a.r_k == -0.04)
-        torch.testing.assert_close(b.ffn.x_k.detach().double().flatten(), 1 - ddd ** (r10 ** 4), atol=1e-6, rtol=0)
         assert torch.allclose(a.ln_x.weight, torch.full((C,), ((l + 1) / L) ** 0.7))
         assert torch.count_nonzero(a.ln_x.bias) == 0
-    # spot values independent of the helpers: layer 0, channel 0 and the last channel
+    # spot values by hand: layer 0, channel 0 (zz = -1) and the last channel
     a0 = model.blocks[0].att
     assert a0.x_r.flatten()[0].item() == 1.0 and a0.x_r.flatten()[-1].item() == pytest.approx(1 - (255 / 256) ** 0.2)
     assert a0.w0.flatten()[0].item() == pytest.approx(-6 + 0.5 + 2.5 * -1.0)
