@@ -283,10 +283,17 @@ def count_params(model) -> tuple[int, int]:
 
 # ---- base identity ---------------------------------------------------------------------------------
 def file_sha256(path) -> str:
+    """SHA-256 of a base model file; for a directory (a Hugging Face model dir) of its files' names and
+    contents in sorted order."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
+    for f in files:
+        if path.is_dir():
+            h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 

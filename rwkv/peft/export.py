@@ -52,7 +52,7 @@ def rebuild(ckpt: dict, base: str | None = None):
 
     info = peft_info(ckpt)
     base = Path(base or info["base"])
-    if not base.is_file():
+    if not base.exists():
         raise ConfigError(f"the run's base model {base} is missing; pass --base PATH to the same file")
     if file_sha256(base) != info["base_sha256"]:
         raise ConfigError(f"--base: {base} is not the base this checkpoint was trained on "
