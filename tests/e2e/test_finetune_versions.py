@@ -18,7 +18,11 @@ from tests.support.runs import fit, make_config, preload, read_metrics, run
 
 pytestmark = pytest.mark.slow
 
-REL = 1e-4  # pip's logits equal ours within 1e-4 relative (fp32 file, fp32 compute)
+# pip's logits equal ours within REL of the largest |logit| (fp32 file, fp32 compute), the bound of
+# tests/model/test_interop_*.py and README (fp32 rounding in different summation orders). Measured here:
+# x060 1.2e-7 / 3.0e-7, x052 2.4e-7 / 1.8e-7 (sequence / pip token by token); was 1e-4, which a wrong
+# ln_x eps passes.
+REL = 2e-6
 STEPS = 3
 
 
@@ -69,5 +73,7 @@ def test_finetune_export_and_pip_load(data, tmp_path, version, cls):
         seq_logits, _ = ours(torch.tensor([tokens]))
     pip = run_pip_rwkv(out, version, tokens, tmp_path / "pip")
     scale = pip["seq_logits"].abs().max()
-    assert ((seq_logits[0] - pip["seq_logits"]).abs().max() / scale).item() < REL
-    assert ((seq_logits[0] - pip["tok_logits"]).abs().max() / scale).item() < REL  # pip one token at a time
+    errs = {"seq": ((seq_logits[0] - pip["seq_logits"]).abs().max() / scale).item(),
+            "tok": ((seq_logits[0] - pip["tok_logits"]).abs().max() / scale).item()}  # pip one token at a time
+    print(version, {k: f"{v:.1e}" for k, v in errs.items()})  # the measured numbers, under pytest -s
+    assert max(errs.values()) < REL, errs
