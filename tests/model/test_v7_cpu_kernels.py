@@ -29,9 +29,25 @@ def test_x070_with_and_without_the_c_kernels(monkeypatch, head_size):
         (logits.square().mean() + first.square().mean()).backward()
         return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
+    # count the C entry points the dispatch reaches, so that the two runs are known to take different paths
+    # (a dispatch that cached its choice would otherwise compare PyTorch with itself and pass)
+    calls = {"wkv7_cpu": 0, "token_shift_mix_cpu": 0, "wkv7_keys_cpu": 0}
+
+    def counting(name, real):
+        def counted(*a, **kw):
+            calls[name] += 1
+            return real(*a, **kw)
+        return counted
+
+    for name in calls:
+        monkeypatch.setattr(cpu_backend, name, counting(name, getattr(cpu_backend, name)))
+
     fast_logits, fast_grads = run()
+    assert all(n > 0 for n in calls.values()), calls  # every C kernel ran in the model
+    calls.update(dict.fromkeys(calls, 0))
     monkeypatch.setattr(cpu_backend, "_verdicts", {"wkv7": False, "mix": False, "keys": False})
     ref_logits, ref_grads = run()
+    assert not any(calls.values()), calls  # and none in the PyTorch run
     assert (fast_logits - ref_logits).abs().max() < 1e-5 * ref_logits.abs().max()
     unused = {n for n, _ in model.named_parameters()} - set(ref_grads)  # layer 0 has no value residual
     assert fast_grads.keys() == ref_grads.keys() and unused == {f"blocks.0.att.v{i}" for i in "012"}
