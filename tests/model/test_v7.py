@@ -122,13 +122,21 @@ def test_bf16_model_keeps_wkv_state_fp32():
 def test_grad_cp_gives_identical_gradients():
     base = random_model(n_layer=2, n_embd=64, head_size=16, vocab_size=50).double()
     idx = torch.randint(0, 50, (2, 20))
-    grads = []
+    grads, block_calls, calls = [], [], []
+    hooks = [b.register_forward_pre_hook(lambda *_: calls.append(1)) for b in base.blocks]
     for cp in (False, True):
         base.grad_cp = cp
         base.zero_grad()
+        calls.clear()
         logits, _ = base(idx)
         logits.square().mean().backward()
+        block_calls.append(len(calls))
         grads.append({n: p.grad.clone() for n, p in base.named_parameters() if p.grad is not None})
+    for h in hooks:
+        h.remove()
+    # checkpointing really happened: each block's forward started again in backward (else equal gradients prove
+    # nothing); pre-hooks, because the non-reentrant recomputation stops early, before forward hooks
+    assert block_calls == [2, 4], block_calls
     assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-12, rtol=0)

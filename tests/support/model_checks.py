@@ -87,13 +87,22 @@ def check_reset_equals_documents_alone(version):
 def check_grad_cp_identical_grads(version):
     model = tiny(version)
     idx = torch.randint(0, 97, (2, 20))
-    grads = []
+    grads, block_calls, calls = [], [], []
+    hooks = [b.register_forward_pre_hook(lambda *_: calls.append(1)) for b in model.blocks]
     for cp in (False, True):
         model.grad_cp = cp
         model.zero_grad()
+        calls.clear()
         logits, _ = model(idx)
         logits.square().mean().backward()
+        block_calls.append(len(calls))
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    for h in hooks:
+        h.remove()
+    # checkpointing really happened: each block's forward started again in backward (else equal gradients prove
+    # nothing); pre-hooks, because the non-reentrant recomputation stops early, before forward hooks
+    L = len(model.blocks)
+    assert block_calls == [L, 2 * L], block_calls
     # v5/v6 have no unused parameters (unlike x070's layer-0 v0/v1/v2): every one gets a gradient,
     # which DDP relies on
     assert grads[0].keys() == grads[1].keys() == {n for n, _ in model.named_parameters()}
