@@ -5,6 +5,8 @@ the weights of an uninterrupted run: the step count, the LR schedule and the dat
 A process killed while writing a checkpoint never leaves a torn checkpoint for resume to pick up.
 """
 
+import csv
+
 import pytest
 import torch
 
@@ -61,6 +63,12 @@ def test_killed_run_resumes_exactly(reference, tmp_path):
     ck = torch.load(tmp_path / "run" / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ck["global_step"] == 3
     fit(config(tmp_path, "run", data_dir, corpus), "--ckpt_path", "last")
+    # it really resumed: a run restarted from scratch (same seed, same data order) would also end with the
+    # straight run's weights, but would train 6 steps; the resumed process trains the 3 after the checkpoint
+    newest = max((tmp_path / "run").rglob("metrics.csv"), key=lambda p: p.stat().st_mtime_ns)
+    with open(newest) as f:
+        own_steps = [r["step"] for r in csv.DictReader(f) if r.get("train/loss")]
+    assert len(own_steps) == 3, (newest, own_steps)
     assert_same(final_weights(tmp_path / "run"), final_weights(tmp / "straight"))
     straight, resumed = lr_by_step(tmp / "straight"), lr_by_step(tmp_path / "run")
     assert set(range(6)) <= set(resumed) and all(resumed[s] == straight[s] for s in straight)
