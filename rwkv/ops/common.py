@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -70,3 +71,33 @@ def cpu_or_reference(op: str, kernel: str, backend: str, fast_ok: bool) -> str:
     from . import cpu_backend  # compiles on first use, never at import
 
     return "cpu" if cpu_backend.ready(kernel) else "reference"
+
+
+def run_isolated(fn, device="cpu"):
+    """Run a kernel self-check `fn()` in a thread of its own and return its result (or raise its error).
+
+    The first call of an op, and so its one-time check, may come from evaluation code (inference mode,
+    no_grad), from under autocast, or from inside a `torch.utils.checkpoint` block (grad_cp), whose
+    saved-tensor hooks would count the check's tensors and then miss them on recomputation
+    ("CheckpointError: a different number of tensors was saved"). All of these are thread-local state: a
+    fresh thread starts from defaults, and the check sets grad mode and autocast explicitly as well. The
+    current CUDA device is per thread too: it is set to the caller's `device`.
+    """
+    device = torch.device(device)
+    box = {}
+
+    def target():
+        try:
+            with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+                if device.type == "cuda" and device.index is not None:
+                    torch.cuda.set_device(device)
+                box["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=target, name="rwkv-self-check")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_file
-from .common import check_log_decay, zero_state
+from .common import check_log_decay, run_isolated, zero_state
 
 log = logging.getLogger("rwkv.ops")
 
@@ -331,11 +331,14 @@ def _compare(kernel_fn, reference_fn, inputs: dict, upstream: list, out_names: t
         torch.autograd.backward(list(outs), [u.to(dtype) for u in upstream])
         return {**dict(zip(out_names, outs)), **{f"d{n}": t.grad for n, t in leaves.items()}}
 
-    with torch.enable_grad():
+    def judge():  # everything that touches the autograd graphs stays in the isolated thread
         got, ref = run(kernel_fn, torch.float32), run(reference_fn, torch.float64)
-    errs = {n: ((got[n].double() - ref[n]).abs().max() / ref[n].abs().max().clamp_min(1e-30)).item() for n in ref}
-    ok = all(bool(torch.isfinite(t).all()) for t in got.values()) and max(errs.values()) <= tol
-    return ok, ", ".join(f"{n} {e:.1e}" for n, e in errs.items())
+        errs = {n: ((got[n].double() - ref[n]).abs().max() / ref[n].abs().max().clamp_min(1e-30)).item()
+                for n in ref}
+        ok = all(bool(torch.isfinite(t).all()) for t in got.values()) and max(errs.values()) <= tol
+        return ok, ", ".join(f"{n} {e:.1e}" for n, e in errs.items())
+
+    return run_isolated(judge)
 
 
 def self_check(lib, op: str = "wkv7") -> tuple[bool, str]:

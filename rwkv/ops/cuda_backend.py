@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .common import pad_time, zero_state
+from .common import pad_time, run_isolated, zero_state
 
 log = logging.getLogger("rwkv.ops")
 
@@ -317,26 +317,26 @@ def self_check(op: str, device, ext) -> bool:
     if op not in checks:
         return False
     worst = (0.0, "", None)
+    cases = ((torch.float32, False), (torch.float32, True), (torch.bfloat16, False))
     try:
-        # The first call may come from evaluation code: the check needs autograd and fp32 either way.
-        with (torch.inference_mode(False), torch.enable_grad(),
-              torch.autocast(device_type=torch.device(device).type, enabled=False)):
-            for dtype, reset in ((torch.float32, False), (torch.float32, True), (torch.bfloat16, False)):
-                errs = checks[op](ext, device, dtype=dtype, reset=reset)
-                tol = SELF_CHECK_TOL[dtype]
-                key = max(errs, key=errs.get)
-                if not errs[key] <= tol:  # also catches NaN
-                    log.error("%s: cuda self-check FAILED on %s (%s, reset=%s): max relative error "
-                              "%.3g in %s > tolerance %.1g vs %s; using chunked. All errors: %s",
-                              op, device, dtype, reset, errs[key], key, tol, _oracle(op)[0],
-                              {k: f"{e:.2g}" for k, e in errs.items()})
-                    return False
-                if errs[key] / tol > worst[0]:
-                    worst = (errs[key] / tol, key, dtype)
+        # The first call may come from evaluation code or from inside a grad_cp block: the check runs in a
+        # thread of its own, with autograd and without autocast (common.run_isolated).
+        results = run_isolated(lambda: [checks[op](ext, device, dtype=d, reset=r) for d, r in cases], device)
     except Exception as e:  # noqa: BLE001 - a crashing kernel must not break training: use chunked
         log.error("%s: cuda self-check raised on %s (%s: %s); using chunked", op, device,
                   type(e).__name__, e)
         return False
+    for (dtype, reset), errs in zip(cases, results):
+        tol = SELF_CHECK_TOL[dtype]
+        key = max(errs, key=errs.get)
+        if not errs[key] <= tol:  # also catches NaN
+            log.error("%s: cuda self-check FAILED on %s (%s, reset=%s): max relative error "
+                      "%.3g in %s > tolerance %.1g vs %s; using chunked. All errors: %s",
+                      op, device, dtype, reset, errs[key], key, tol, _oracle(op)[0],
+                      {k: f"{e:.2g}" for k, e in errs.items()})
+            return False
+        if errs[key] / tol > worst[0]:
+            worst = (errs[key] / tol, key, dtype)
     log.info("%s: cuda self-check passed on %s vs %s (worst: %s %s at %.2f of tolerance)",
              op, device, _oracle(op)[0], worst[1], worst[2], worst[0])
     return True
