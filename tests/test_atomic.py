@@ -1,12 +1,15 @@
 """rwkv/atomic.py: the one atomic-write helper (temp file beside the target, fsync, rename, fsync dir)."""
 
 import os
+import re
 import stat
 from pathlib import Path
 
 import pytest
 
 from rwkv.atomic import atomic_file, commit_file, swap_in_dir
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_atomic_file_publishes_only_on_success(tmp_path):
@@ -51,3 +54,14 @@ def test_swap_in_dir_replaces_a_directory_whole(tmp_path):
     build.mkdir()
     swap_in_dir(build, tmp_path / "fresh", old=tmp_path / "fresh.old")  # no previous version
     assert (tmp_path / "fresh").is_dir() and not (tmp_path / "fresh.old").exists()
+def test_no_other_module_renames_outputs_itself():
+    """One home: every rename that publishes an output goes through rwkv/atomic.py. The only other
+    rename is find_resume_checkpoint's recovery of a swap interrupted between its two renames."""
+    allowed = {"rwkv/atomic.py": None, "rwkv/training/checkpointing.py": 1}
+    found = {}
+    for path in sorted((ROOT / "rwkv").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        n = len(re.findall(r"\bos\.(?:replace|rename)\(|\.rename\(|mkstemp\(", path.read_text()))
+        if n and rel != "rwkv/atomic.py":
+            found[rel] = n
+    assert found == {k: v for k, v in allowed.items() if v}, found

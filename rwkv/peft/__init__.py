@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..atomic import swap_in_dir
 from ..errors import ConfigError
 
 KEYS = ("lora", "state_tuning", "train_parts", "adapter", "state_lr")
@@ -315,7 +316,6 @@ def save_adapter(model, out_dir, base: dict | None = None) -> Path:
     """Write the adapters in peft's standard format (adapter_config.json + adapter_model.safetensors, the
     keys peft's get_peft_model_state_dict produces) into a fresh directory, then rename it into place."""
     import json
-    import os
     import shutil
     import tempfile
 
@@ -338,9 +338,7 @@ def save_adapter(model, out_dir, base: dict | None = None) -> Path:
         config.save_pretrained(str(tmp))
         if base:
             (tmp / BASE_INFO).write_text(json.dumps(base, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        swap_in_dir(tmp, out)  # the previous adapter stays whole until the new one is complete
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -81,20 +81,12 @@ def save_state_file(states: dict, path) -> None:
 
     path = Path(path)
     if path.suffix == ".safetensors":
-        import os
-        import tempfile
-
         from safetensors.torch import save_file
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        from ..atomic import atomic_file
+
+        with atomic_file(path) as tmp:
             save_file(states, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
     else:
         atomic_torch_save(states, path)
 
