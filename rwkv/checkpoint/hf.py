@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from ..atomic import swap_in_dir
+from ..model.base import GROUPNORM_EPS
 from ..model.config import _lora_rank
 from ..model.io import CheckpointMismatch, detect_version, expected_shapes, official_order
-from ..model.v7 import GROUPNORM_EPS
 from .safetensors_io import load_safetensors, save_safetensors
 
 WEIGHTS = "model.safetensors"

@@ -3,7 +3,7 @@
 x052 is x060 without the data-dependent parts: a static "mix" token shift and a time-invariant
 per-channel decay `time_decay` [H,N]. Everything else (block skeleton, r/k/v/gate/output/ln_x tail,
 gated channel-mix, the [key, value] WKV state layout, the forward/state/reset/grad_cp contract) is
-shared with rwkv.model.v6 / rwkv.model.v7; only the version-specific hooks are overridden here.
+shared with rwkv.model.v6 and rwkv.model.base; only the version-specific hooks are overridden here.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import wkv5
+from .base import RWKVModel
 from .config import RWKVConfig
 from .state import wkv_from_initial
 from .v6 import ChannelMix as ChannelMix6
 from .v6 import TimeMix as TimeMix6
-from .v7 import RWKVModel
 
 
 class TimeMix(TimeMix6):

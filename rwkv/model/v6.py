@@ -1,8 +1,8 @@
 """RWKV-6 "Finch" (x060) as a plain nn.Module (docs/model-spec.md §2.1).
 
 Parameter names, shapes and registration order are the official `.pth` keys, so a state_dict is a
-checkpoint. The block skeleton, token shift and forward/state/reset/grad_cp contract are those of x070
-(rwkv.model.v7); only the time-mix and channel-mix differ. The per-layer state is
+checkpoint. The block skeleton and the forward/state/reset/grad_cp contract are the shared ones of
+rwkv.model.base; only the time-mix and channel-mix differ. The per-layer state is
 `(att_x_prev [B,C], S [B,H,N,N] fp32, ffn_x_prev [B,C])` with S **key-major** `S[key, value]`, the
 layout of the `rwkv` pip package and the official kernels for v5/v6 (docs/model-spec.md §2), so a state converts to
 pip's list without transposes.
@@ -19,9 +19,9 @@ from torch import nn
 
 from ..ops import wkv6
 from ..ops.mix import shifted
+from .base import GROUPNORM_EPS, RWKVModel, last_token, relu_square
 from .config import RWKVConfig
 from .state import wkv_from_initial
-from .v7 import GROUPNORM_EPS, RWKVModel, last_token, relu_square
 
 # time_maa_w2 slot order: the LoRA produces the data-dependent mix offsets for w, k, v, r, g (docs/model-spec.md §2.1)
 MAA_SLOTS = ("w", "k", "v", "r", "g")

@@ -150,7 +150,7 @@ def test_layer0_value_residual_params_frozen():
 
 def test_relu_square_matches_autograd_composition():
     """The fused channel-mix activation: value and gradient equal relu(x).square() exactly, zeros included."""
-    from rwkv.model.v7 import relu_square
+    from rwkv.model.base import relu_square
 
     x = torch.randn(3, 17, 40, dtype=torch.float64)
     x[0, 0, :5] = 0.0  # relu's kink: both give gradient 0 there
