@@ -30,13 +30,20 @@ def load_lightning_checkpoint(path) -> dict | None:
     directory of a model.peft run (its client state holds the PEFT record; the tensors are consolidated
     by DeepSpeed's zero_to_fp32, all of them, frozen ones included). None for anything else."""
     path = Path(path)
+
+    def load(p):  # unreadable (truncated, torn): None, and the ordinary export path says so clearly
+        try:
+            return torch.load(p, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - any read failure is reported by rwkv.checkpoint.export
+            return None
+
     if path.is_file() and path.suffix == ".ckpt":
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return load(path)
     if path.is_dir() and (path / "latest").is_file():
         states = sorted((path / (path / "latest").read_text().strip()).glob("*model_states.pt"))
         if not states:
             return None
-        client = torch.load(states[0], map_location="cpu", weights_only=False)
+        client = load(states[0])
         if peft_info(client) is None:
             return None
         from ..checkpoint.export import _deepspeed_state_dict
