@@ -223,6 +223,8 @@ class RWKVLitModule(pl.LightningModule):
     def _all_reduce(self, values, op: str) -> list[float]:
         """Reduce a list of numbers (or device scalars) over ranks with one collective; returns floats
         (the only host synchronisation of the values)."""
+        if self.trainer.world_size == 1 and all(isinstance(v, (int, float)) for v in values):
+            return [float(v) for v in values]  # host numbers on one process: no device round trip
         t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(())
                          for v in values]) if values else torch.zeros(0, dtype=torch.float64, device=self.device)
         if self.trainer.world_size > 1:
