@@ -38,8 +38,9 @@ def test_make_gpu_check_without_gpu_says_so_and_exits_0(tmp_path):
 
 @needs_make
 def test_make_target_picks_the_interpreter():
-    dry = lambda *a: subprocess.run(["make", "-n", "gpu-check", *a], cwd=ROOT, capture_output=True, text=True,
-                                    timeout=60).stdout.strip()
+    # --no-print-directory: under `make test` (CI) this make is nested and would add "Entering directory"
+    dry = lambda *a: subprocess.run(["make", "--no-print-directory", "-n", "gpu-check", *a], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=60).stdout.strip()
     given = dry("PY=/opt/py/bin/python3", "ARGS=--sections wkv")
     assert given == "/opt/py/bin/python3 bench/gpu_check.py --sections wkv"
     expected = ".venv/bin/python" if (ROOT / ".venv" / "bin" / "python").exists() else "python3"
