@@ -26,13 +26,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def child_env() -> dict:
-    """The environment of the steps. OpenMP threads that finish an op busy-wait for the next one by
-    default; on a 2-core machine that also runs anything else they burn the time slices the other thread
-    needs, and a training step took 6-9x longer than with sleeping waiters (docs/benchmarks.md
-    "Quickstart"). A user's own OMP_WAIT_POLICY / GOMP_SPINCOUNT wins."""
+    """The environment of the steps. OpenMP threads that finish an op busy-wait for the next one; libgomp's
+    default spin is long, and on a 2-core machine that also runs anything else the spinning thread burns
+    the time slice the other one needs (a step took 6-9x longer). Sleeping at once (OMP_WAIT_POLICY=PASSIVE)
+    fixes that but costs ~15 % on a quiet machine, where this model's small ops wake the workers thousands
+    of times a step. A short spin (GOMP_SPINCOUNT=20000, tens of microseconds) was as fast as the default
+    when quiet and nearly as fast as PASSIVE under load (docs/benchmarks.md "Quickstart"). A user's own
+    OMP_WAIT_POLICY / GOMP_SPINCOUNT wins."""
     env = dict(os.environ)
     if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
+        env["GOMP_SPINCOUNT"] = "20000"
     return env
 
 

@@ -21,12 +21,14 @@ def test_training_summary_reads_the_newest_log(tmp_path):
                                           "last val loss 0.500")
 
 
-def test_child_env_lets_openmp_threads_sleep_unless_the_user_chose(monkeypatch):
+def test_child_env_shortens_the_openmp_spin_unless_the_user_chose(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
-    assert child_env()["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert child_env()["GOMP_SPINCOUNT"] == "20000"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert child_env()["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert "GOMP_SPINCOUNT" not in child_env()
     monkeypatch.delenv("OMP_WAIT_POLICY")
     monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
+    assert child_env()["GOMP_SPINCOUNT"] == "1000"
     assert "OMP_WAIT_POLICY" not in child_env()
