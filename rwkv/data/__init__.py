@@ -4,6 +4,6 @@ Import-light on purpose: `datasets`, `pyarrow`, `torch` and `lightning` are impo
 that need them (`lightning` only by `rwkv.data.datamodule`). See docs/data.md.
 """
 
-from .errors import DataError
+from ..errors import DataError
 
 __all__ = ["DataError"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import commit_file
-from .errors import DataError
+from ..errors import DataError
 
 MAGIC = b"MMIDIDX\x00\x00"  # docs/model-spec.md §6.1
 VERSION = 1

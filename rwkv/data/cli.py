@@ -13,8 +13,8 @@ import re
 import sys
 from pathlib import Path
 
+from ..errors import DataError
 from .config import DataConfig
-from .errors import DataError
 
 
 def _key_lines(text: str) -> dict[str, int]:

@@ -14,7 +14,7 @@ import inspect
 import os
 from typing import Any, Literal
 
-from .errors import DataError
+from ..errors import DataError
 
 # Keys that only steer loading/sampling at fit time. Everything else determines the bytes on disk
 # and is part of the preload cache key (docs/design.md §3.6).

@@ -11,8 +11,8 @@ from __future__ import annotations
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
+from ..errors import DataError
 from .config import DataConfig
-from .errors import DataError
 from .loader import BinidxWindows, Collate, TokenRows
 from .sampler import OfficialSampler, RowSampler
 

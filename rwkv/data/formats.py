@@ -14,7 +14,7 @@ from itertools import chain
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 ALPACA_KEYS = ["instruction", "input", "output"]
 ALPACA_PREFIX = ["Instruction:\n", "Input:\n", "Output:\n"]

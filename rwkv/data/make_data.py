@@ -15,8 +15,8 @@ import sys
 
 import numpy as np
 
+from ..errors import DataError
 from .binidx import BinIdxWriter, magic_prime, token_dtype
-from .errors import DataError
 from .tokenizers import get_tokenizer
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import swap_in_dir
-from .errors import DataError
+from ..errors import DataError
 from .sources import source_fingerprint
 
 PIPELINE_VERSION = 2  # bump when the bytes written for the same config change

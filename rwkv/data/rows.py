@@ -14,7 +14,7 @@ from bisect import bisect_left, insort
 import numpy as np
 import pyarrow as pa
 
-from .errors import DataError
+from ..errors import DataError
 from .formats import learned_targets
 
 # Rows are written in Arrow record batches of about this many tokens (bounded memory).

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import DataError
 from .binidx import MINI_EPOCH, golden_factor
-from .errors import DataError
 
 
 class _EpochState(torch.utils.data.Sampler):

@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import DataError
+from ..errors import DataError
 
 # Files of a local hub-like dataset folder that never change the data.
 _IGNORED_DIRS = {".git", ".cache", "__pycache__"}

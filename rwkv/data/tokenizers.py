@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .errors import DataError
+from ..errors import DataError
 from .world_trie import WORLD_VOCAB_SIZE, parse_vocab, world_vocab_path
 
 # docs/model-spec.md §5.2: the 20B tokenizer has 50277 ids; the RWKV-7 Pile demo pads the model vocab to 50304.

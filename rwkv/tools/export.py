@@ -12,8 +12,7 @@ from pathlib import Path
 
 from ..checkpoint import ExportError, export_checkpoint
 from ..checkpoint.export import DEFAULT_DTYPE, FORMATS, run_data_settings
-from ..data.errors import DataError
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..peft import export as peft_export
 
 

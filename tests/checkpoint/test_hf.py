@@ -451,7 +451,7 @@ def test_other_weight_layouts_import(exported, tmp_path, layout):
 
 
 def test_re_export_replaces_and_a_failed_export_keeps_the_old_dir(tmp_path):
-    from rwkv.data.errors import DataError
+    from rwkv.errors import DataError
 
     save_pth(tiny(), tmp_path / "m.pth", dtype="fp32")
     export_checkpoint(tmp_path / "m.pth", tmp_path / "hf", "fp32", fmt="hf")

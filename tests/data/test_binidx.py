@@ -19,8 +19,8 @@ from rwkv.data.binidx import (
     magic_prime,
     official_offset,
 )
-from rwkv.data.errors import DataError
 from rwkv.data.make_data import make_data
+from rwkv.errors import DataError
 from tests.data.util import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rwkv.data.datamodule import RWKVDataModule
-from rwkv.data.errors import DataError
+from rwkv.errors import DataError
 from tests.data.util import write_jsonl
 
 REQUIRED_KEYS = """data_path source source_data_files source_data_dir source_dataset_params

@@ -10,8 +10,8 @@ import pytest
 
 from rwkv.data.cli import load_data_config
 from rwkv.data.config import DataConfig
-from rwkv.data.errors import DataError
 from rwkv.data.preload import preload
+from rwkv.errors import DataError
 from tests.data.util import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from rwkv.data.config import DataConfig
-from rwkv.data.errors import DataError
 from rwkv.data.formats import RecordFormatter, RowError, learned_targets
 from rwkv.data.tokenizers import get_tokenizer
+from rwkv.errors import DataError
 from tests.data.util import learned_text, text_of
 
 

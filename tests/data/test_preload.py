@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from rwkv.data.config import DataConfig
-from rwkv.data.errors import DataError
 from rwkv.data.preload import MANIFEST, data_status, preload
+from rwkv.errors import DataError
 from tests.data.util import learned_text, text_of, write_jsonl
 
 

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 
 from rwkv.data import rows as R
-from rwkv.data.errors import DataError
+from rwkv.errors import DataError
 
 
 def make_table(lengths, seed=0):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from rwkv.data.binidx import MINI_EPOCH, official_offset
-from rwkv.data.errors import DataError
 from rwkv.data.sampler import OfficialSampler, RowSampler
+from rwkv.errors import DataError
 
 
 def ranks(n, world, **kw):

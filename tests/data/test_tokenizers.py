@@ -6,7 +6,6 @@ import random
 
 import pytest
 
-from rwkv.data.errors import DataError
 from rwkv.data.tokenizers import (
     BYTES_VOCAB_SIZE,
     get_tokenizer,
@@ -14,6 +13,7 @@ from rwkv.data.tokenizers import (
     tokenizer_vocab_size,
 )
 from rwkv.data.world_trie import WorldTrie, parse_vocab, world_vocab_path
+from rwkv.errors import DataError
 
 # docs/model-spec.md §5.1 test vectors (identical in `rwkv` pip and pyrwkv_tokenizer).
 VECTORS = [
