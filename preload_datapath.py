@@ -10,7 +10,7 @@ import gc
 import sys
 
 if __name__ == "__main__":
-    from rwkv.data.cli import main
+    from rwkv.data.preload_cli import main
 
     rc = main()
     # Interpreter teardown runs full garbage collections over everything `datasets` and pandas

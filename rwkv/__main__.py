@@ -19,7 +19,7 @@ import sys
 COMMANDS = {
     "fit": ("rwkv.cli", True),
     "validate": ("rwkv.cli", True),
-    "preload": ("rwkv.data.cli", False),
+    "preload": ("rwkv.data.preload_cli", False),
     "init": ("rwkv.tools.init_model", False),
     "export": ("rwkv.tools.export", False),
     "sample": ("rwkv.tools.dragon", False),

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rwkv.data.cli import load_data_config
 from rwkv.data.config import DataConfig
 from rwkv.data.preload import preload
+from rwkv.data.preload_cli import load_data_config
 from rwkv.errors import DataError
 from tests.data.util import write_jsonl
 
@@ -186,7 +186,7 @@ def test_script_prints_one_line_error_without_traceback(tmp_path):
 
 
 def test_command_line_overrides_and_their_errors(tmp_path):
-    from rwkv.data.cli import parse_command_line
+    from rwkv.data.preload_cli import parse_command_line
 
     p = _yaml(tmp_path, "  data_path: out\n  source: json\n  test_split: 3\n")
     cfg, force = parse_command_line([str(p), "--data.test_split", "5", "--data.data_path", "elsewhere",
@@ -199,10 +199,10 @@ def test_command_line_overrides_and_their_errors(tmp_path):
 
 
 def test_only_the_datamodule_imports_lightning():
-    code = ("import sys; import rwkv.data, rwkv.data.cli, rwkv.data.preload, rwkv.data.loader, "
+    code = ("import sys; import rwkv.data, rwkv.data.preload_cli, rwkv.data.preload, rwkv.data.loader, "
             "rwkv.data.sampler, rwkv.data.make_data, rwkv.data.rows, rwkv.data.sources; "
             "bad = [m for m in ('lightning', 'pytorch_lightning') if m in sys.modules]; "
-            "assert not bad, bad; import rwkv.data.cli as c; "
+            "assert not bad, bad; import rwkv.data.preload_cli as c; "
             "assert 'datasets' not in sys.modules, 'the cache-hit path must not import datasets'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": ""})
