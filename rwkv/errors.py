@@ -20,6 +20,6 @@ class DataError(Exception):
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     from .checkpoint.export import ExportError
-    from .model.io import CheckpointMismatch
+    from .checkpoint.official_pth import CheckpointMismatch
 
     return (ConfigError, DataError, CheckpointMismatch, ExportError, FileNotFoundError)

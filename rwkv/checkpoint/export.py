@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..model.io import DTYPES, CheckpointMismatch, official_order, save_pth, strip_prefixes
 from . import hf
+from .official_pth import DTYPES, CheckpointMismatch, official_order, save_pth, strip_prefixes
 from .safetensors_io import is_safetensors, load_safetensors, save_safetensors
 
 FORMATS = ("pth", "hf", "safetensors")

@@ -27,7 +27,7 @@ import torch
 from ..atomic import swap_in_dir
 from ..model.base import GROUPNORM_EPS
 from ..model.config import _lora_rank
-from ..model.io import CheckpointMismatch, detect_version, expected_shapes, official_order
+from .official_pth import CheckpointMismatch, detect_version, expected_shapes, infer_config, official_order
 from .safetensors_io import load_safetensors, save_safetensors
 
 WEIGHTS = "model.safetensors"
@@ -162,8 +162,6 @@ def hf_to_official(hf_sd: dict, cfg, layer0_extra: dict | None = None, source: s
 def hf_config(sd: dict, dtype: torch.dtype, eos_token_id: int = 0, bos_token_id: int | None = None) -> dict:
     """config.json of fla's RWKV7Config, every size read from the official tensors (docs/model-spec.md
     §4.4: the v rank from layer 1). fuse_norm / fuse_cross_entropy stay at fla's defaults."""
-    from ..model.io import infer_config
-
     cfg = infer_config(sd)
     # fla derives g_norm's eps as head_dim·norm_eps and uses norm_eps for the LayerNorms too. Head size 64
     # reproduces both official eps (1e-5, ln_x 64e-5; docs/model-spec.md §1.2). Other head sizes keep ln_x

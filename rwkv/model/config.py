@@ -1,8 +1,8 @@
 """Model configuration shared by all RWKV versions (docs/design.md §3.2).
 
 Sizes follow the official trainer: head size N = 64 by default, H = C/N, and for x070 the LoRA ranks of
-docs/model-spec.md §1.1 (current train_temp formulas). Loaders never assume a formula: `rwkv.model.io` reads the
-ranks from tensor shapes and fills them in here.
+docs/model-spec.md §1.1 (current train_temp formulas). Loaders never assume a formula:
+`rwkv.checkpoint.official_pth` reads the ranks from tensor shapes and fills them in here.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def load_lightning_checkpoint(path) -> dict | None:
         if peft_info(client) is None:
             return None
         from ..checkpoint.export import _deepspeed_state_dict
-        from ..model.io import strip_prefixes
+        from ..checkpoint.official_pth import strip_prefixes
 
         return {"rwkv": client["rwkv"], "state_dict": strip_prefixes(_deepspeed_state_dict(path))}
     return None
@@ -84,7 +84,7 @@ def rebuild(ckpt: dict, base: str | None = None):
 
 def save_state_file(states: dict, path) -> None:
     """{blocks.{i}.att.time_state: [H,N,N] fp32}: a torch file (.pth) or safetensors by suffix, atomic."""
-    from ..model.io import atomic_torch_save
+    from ..checkpoint.official_pth import atomic_torch_save
 
     path = Path(path)
     if path.suffix == ".safetensors":

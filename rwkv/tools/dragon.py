@@ -30,11 +30,11 @@ def main(argv=None) -> int:
                    "learned initial state the prompt starts from")
     args = p.parse_args(argv)
 
+    from ..checkpoint.official_pth import DTYPES
     from ..data.tokenizers import get_tokenizer, tokenizer_for_vocab
     from ..errors import user_error_types
     from ..inference import stream
     from ..model import from_pth
-    from ..model.io import DTYPES
 
     try:
         model = from_pth(args.model)

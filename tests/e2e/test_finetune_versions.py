@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
+from rwkv.checkpoint.official_pth import detect_version
 from rwkv.model import from_pth, load_state_dict
-from rwkv.model.io import detect_version
 from rwkv.tools.init_model import main as init_model
 from tests.support.pip_rwkv import run_pip_rwkv
 from tests.support.runs import fit, make_config, preload, read_metrics, run

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from rwkv.checkpoint import read_training_checkpoint
+from rwkv.checkpoint.official_pth import expected_shapes
 from rwkv.model import from_pth, infer_config
-from rwkv.model.io import expected_shapes
 from tests.support.pip_rwkv import run_pip_rwkv
 from tests.support.runs import fit, make_config, preload, run, write_corpus
 

@@ -9,6 +9,7 @@ applies ln0 in the compute dtype, as the trainer does.
 import pytest
 import torch
 
+from rwkv.checkpoint.official_pth import detect_version
 from rwkv.model import (
     RWKVConfig,
     build_model,
@@ -19,7 +20,6 @@ from rwkv.model import (
     save_pth,
     to_pip_state,
 )
-from rwkv.model.io import detect_version
 from tests.support.models import random_model
 from tests.support.pip_rwkv import run_pip_rwkv
 

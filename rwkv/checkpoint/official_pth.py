@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_file
-from .config import RWKVConfig
-from .registry import build_model
+from ..model.config import RWKVConfig
+from ..model.registry import build_model
+from .safetensors_io import is_safetensors, load_safetensors
 
 # Prefixes that training wrappers put in front of the official names (Lightning's LightningModule
 # attribute, DeepSpeed / Lightning `_forward_module.`, DDP `module.`, torch.compile `_orig_mod.`).
@@ -44,8 +45,7 @@ def load_state_dict(path) -> dict:
     """Read a .pth (or a Lightning checkpoint's `state_dict`), an official-name .safetensors, or a Hugging
     Face (fla) RWKV-7 directory / cached hub id (docs/model-spec.md §4.4) as a flat {official name: tensor}
     dict."""
-    from ..checkpoint import hf  # lazily: rwkv.checkpoint imports this module
-    from ..checkpoint.safetensors_io import is_safetensors, load_safetensors
+    from . import hf  # here, not at the top: hf.py imports this module
 
     path = Path(path)
     if not path.exists() and (cached := hf.hub_cache_dir(str(path))) is not None:

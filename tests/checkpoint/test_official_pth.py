@@ -1,17 +1,23 @@
-"""Official .pth io: config inference, prefix stripping, mismatch errors, order and dtype on save."""
+"""rwkv/checkpoint/official_pth.py: config inference, prefix stripping, mismatch errors, order and dtype on
+save; and its names reachable from rwkv.model, the public entry point."""
+
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from rwkv.model import (
+import rwkv.model
+from rwkv.checkpoint import official_pth
+from rwkv.checkpoint.official_pth import (
     CheckpointMismatch,
-    RWKVConfig,
-    build_model,
     from_pth,
     infer_config,
     load_state_dict,
     save_pth,
 )
+from rwkv.model import RWKVConfig, build_model
+from tests.conftest import ROOT
 from tests.support.models import random_model
 
 
@@ -54,7 +60,7 @@ def test_mismatch_lists_missing_unexpected_and_misshaped(tmp_path):
     sd["blocks.0.att.gate.weight"] = torch.zeros(64, 64)
     with pytest.raises(CheckpointMismatch, match=r"unexpected \(1\): blocks.0.att.gate.weight"):
         from_pth_sd = RWKVConfig(n_layer=2, n_embd=64, head_size=16, vocab_size=50)
-        from rwkv.model import check_state_dict
+        from rwkv.checkpoint.official_pth import check_state_dict
         check_state_dict(sd, from_pth_sd)
 
 
@@ -69,3 +75,19 @@ def test_bad_files_give_clear_errors(tmp_path):
     (tmp_path / "torn.pth").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(ValueError, match="torn.pth"):
         load_state_dict(tmp_path / "torn.pth")
+
+
+def test_public_names_stay_in_rwkv_model():
+    for name in ("from_pth", "save_pth", "load_state_dict", "infer_config", "check_state_dict", "official_order",
+                 "CheckpointMismatch"):
+        assert name in rwkv.model.__all__ and getattr(rwkv.model, name) is getattr(official_pth, name)
+    with pytest.raises(AttributeError):
+        rwkv.model.no_such_name  # noqa: B018
+
+
+def test_from_pth_imports_no_training_library():
+    """The model layer's loaders stay usable in a notebook without Lightning or DeepSpeed (docs/design.md §2)."""
+    code = ("import sys; from rwkv.model import from_pth, save_pth\n"
+            "print([m for m in ('lightning', 'deepspeed', 'datasets', 'peft') if m in sys.modules])")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr[-2000:]
