@@ -45,7 +45,6 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 try:
     import torch
@@ -210,21 +209,21 @@ def section_build(rep: Report, device: torch.device) -> bool:
     if device.type != "cuda":
         rep.say("skipped: no CUDA device")
         return True
-    from rwkv.ops import cuda_backend
+    from rwkv.ops import build, dispatch
 
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 4))  # ninja's parallel nvcc jobs
     result, ok = {}, True
     for ext in ("wkv7", "wkv6"):
         t = time.perf_counter()
-        built = cuda_backend.extension(ext) is not None
+        built = build.extension(ext) is not None
         dt = time.perf_counter() - t
-        why = "" if built else f": {cuda_backend._extensions.get(ext)}"
+        why = "" if built else f": {build._extensions.get(ext)}"
         rep.say(f"{ext} extension: {'built/loaded' if built else 'FAILED'} in {dt:.1f} s{why}")
         result[ext] = {"built": built, "seconds": round(dt, 1)}
         ok &= built
     for op in ("wkv7", "wkv6", "wkv5"):
         t = time.perf_counter()
-        passed = bool(cuda_backend.ready(op, device))
+        passed = bool(dispatch.cuda_ready(op, device))
         rep.say(f"{op} self-check on {device}: {'passed' if passed else 'FAILED'} ({time.perf_counter() - t:.1f} s); "
                 f"auto -> {'cuda' if passed else 'chunked'}")
         result[f"{op}_self_check"] = passed

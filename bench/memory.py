@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def child(args) -> None:
-    sys.path.insert(0, str(ROOT))
     import torch
 
     from rwkv.model import RWKVConfig, build_model

@@ -34,10 +34,6 @@ CONFIGS = {
 
 
 def child(args) -> None:
-    # this file is named peft.py: its folder must not shadow the `peft` library
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-    sys.path.insert(0, str(ROOT))
     import torch
 
     from rwkv.model import RWKVConfig, build_model
@@ -113,7 +109,8 @@ def main() -> None:
         return
     rows = []
     for c in args.configs:
-        cmd = [sys.executable, __file__, "--child", "--config", c, "--steps", str(args.steps), "--n_layer",
+        # -P: the script's folder is not put on sys.path, so this file (peft.py) does not shadow `peft`
+        cmd = [sys.executable, "-P", __file__, "--child", "--config", c, "--steps", str(args.steps), "--n_layer",
                str(args.n_layer), "--n_embd", str(args.n_embd), "--vocab", str(args.vocab), "--ctx", str(args.ctx)]
         cmd += ["--grad_cp"] if args.grad_cp else []
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})

@@ -29,11 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "_work"
 PY = sys.executable
+ORACLE = Path(sys.prefix) / "oracle"  # PyPI's `rwkv`, kept apart by `make setup` (Makefile: ORACLE)
 
 # The make_data-style pipeline: one process, read lines, json.loads, greedy-trie encode, append 0,
 # write .bin (uint16) and a binidx .idx (docs/model-spec.md §6.1). `official` uses TRIE_TOKENIZER from PyPI `rwkv`
-# (the tokenizer class RWKV-LM's make_data.py uses), run with cwd and sys.path outside the repo so
-# our package does not shadow it; `repo` uses rwkv/data/world_trie.py, our faster reference trie.
+# (the tokenizer class RWKV-LM's make_data.py uses), run from / with ORACLE first on its path (a path entry
+# wins over our editable install); `repo` uses rwkv/data/world_trie.py, our faster reference trie.
 BASELINE = r"""
 import json, struct, sys, time
 import numpy as np
@@ -44,7 +45,6 @@ if which == "official":
     from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
     tok = TRIE_TOKENIZER(os.path.join(os.path.dirname(rwkv.__file__), "rwkv_vocab_v20230424.txt"))
 else:
-    sys.path.insert(0, sys.argv[4])
     from rwkv.data.world_trie import WorldTrie
     tok = WorldTrie()
 sizes, n = [], 0
@@ -102,12 +102,12 @@ def build_corpus(path: Path, target_mb: float) -> tuple[int, int]:
     return docs, total
 
 
-def run(cmd: list[str], cwd=ROOT, repo_on_path: bool = True):
+def run(cmd: list[str], cwd=ROOT, oracle: bool = False):
     """-> (wall s, CompletedProcess, CPU s of the whole process tree)."""
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
-    if repo_on_path:
-        env["PYTHONPATH"] = str(ROOT)
+    if oracle:
+        env["PYTHONPATH"] = str(ORACLE)
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -121,11 +121,10 @@ def run(cmd: list[str], cwd=ROOT, repo_on_path: bool = True):
 def baseline(corpus: Path, which: str):
     """-> (wall s, tokens, .bin/.idx prefix, CPU s)."""
     prefix = WORK / f"baseline_{which}"
-    if which == "official":  # PyPI rwkv: cwd and sys.path must not contain the repo
-        dt, proc, cpu = run([PY, "-c", BASELINE, str(corpus), str(prefix), which], cwd="/",
-                            repo_on_path=False)
+    if which == "official":  # PyPI rwkv: from its own folder, with a cwd outside the repo
+        dt, proc, cpu = run([PY, "-c", BASELINE, str(corpus), str(prefix), which], cwd="/", oracle=True)
     else:
-        dt, proc, cpu = run([PY, "-c", BASELINE, str(corpus), str(prefix), which, str(ROOT)])
+        dt, proc, cpu = run([PY, "-c", BASELINE, str(corpus), str(prefix), which])
     return dt, json.loads(proc.stdout.strip().splitlines()[-1])["tokens"], prefix, cpu
 
 
@@ -183,7 +182,6 @@ def main() -> None:
     import datasets
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
     from rwkv.data.binidx import BinIdxReader
 
     datasets.disable_progress_bars()

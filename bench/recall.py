@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # our `rwkv` package, not PyPI's inference engine of the same name
 
 KEYS = string.ascii_uppercase[:16]  # key values; chance = 1/16
 FILLER = string.ascii_lowercase + string.digits + " "  # disjoint from KEYS and from "?": never a key

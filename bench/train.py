@@ -12,7 +12,7 @@ measured in the same run with the same thread count. Best of N steps after a war
     python bench/train.py --host-sync         # also the same step with the old per-segment read-backs
     python bench/train.py --device cuda --vocab 65536 --host-sync   # on a GPU (bf16 autocast)
 
-The C CPU kernels (rwkv/ops/cpu_backend.py: WKV-7 and the token-shift mixes) are what the trainer uses
+The C CPU kernels (rwkv/ops/v7/cpu.py, rwkv/ops/mix/cpu.py: WKV-7 and the token-shift mixes) are what the trainer uses
 by default on CPU; `--pytorch-kernels` adds a second measurement of each vocab in the same run with the
 PyTorch implementations (chunked WKV-7, the mix formula), the path taken without a C compiler.
 `--host-sync` adds the step as it was before the segment loop kept its sums on the device: a `float()` of
@@ -23,16 +23,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
+import torch
 
 from rwkv.model import RWKVConfig, build_model  # noqa: E402
-from rwkv.ops import cpu_backend  # noqa: E402
+from rwkv.ops import build, dispatch  # noqa: E402
 from rwkv.training.cpu_alloc import tune_cpu_allocator  # noqa: E402
 from rwkv.training.loss import head_ce_l2wrap  # noqa: E402
 from rwkv.training.optim import build_optimizer, param_groups  # noqa: E402
@@ -118,8 +114,8 @@ def main() -> None:
     tuned = False if args.default_malloc else tune_cpu_allocator()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"allocator {'tuned as in the trainer' if tuned else 'glibc defaults'}")
-    c_ok = cpu_backend.ready("wkv7") and cpu_backend.ready("mix")
-    lib = cpu_backend.library()
+    c_ok = dispatch.cpu_ready("wkv7") and dispatch.cpu_ready("mix")
+    lib = build.library()
     print(f"C CPU kernels: {'on' if c_ok else 'UNAVAILABLE'}"
           + (f" ({'OpenMP' if lib.openmp else 'Python threads'})" if lib is not None else ""))
     peak = matmul_flops(device=args.device)
@@ -129,9 +125,9 @@ def main() -> None:
         runs = [(v, c, False) for v in args.vocab for c in (True, False)]
     if args.host_sync:  # side by side: each configuration without, then with the old read-backs
         runs = [(v, c, h) for v, c, _ in runs for h in (False, True)]
-    saved = dict(cpu_backend._verdicts)
+    saved = dict(dispatch._cpu_verdicts)
     for v, use_c, host_sync in runs:
-        cpu_backend._verdicts.update(saved if use_c else {"wkv7": False, "mix": False})
+        dispatch._cpu_verdicts.update(saved if use_c else {"wkv7": False, "mix": False})
         r = bench_step(v, args.n_layer, args.n_embd, args.ctx, args.batch, args.steps, args.bptt,
                        device=args.device, host_sync=host_sync, segments=args.segments)
         # conservative: the fastest matmul seen anywhere in the run against the fastest step

@@ -3,7 +3,7 @@
 
 Prints, from one run: (1) per op and shape the chunked and reference time per call and their ratio;
 (2) the chunk sizes 16/32/64 side by side with their fp32 error against an fp64 reference; (3) wkv7's
-`cpu` backend (the C recurrence, rwkv/ops/cpu_backend.py) against chunked, time and fp32 error.
+`cpu` backend (the C recurrence, rwkv/ops/v7/cpu.py) against chunked, time and fp32 error.
 Shapes H=12, N=64 (x070/x060 heads at C=768), B ∈ {1, 4}, T ∈ {512, 1024, 4096}.
 
     python bench/wkv.py                 # everything (~30 min; the reference loops dominate)
@@ -28,21 +28,18 @@ import argparse
 import math
 import os
 import platform
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from rwkv.ops import cpu_backend  # noqa: E402
-from rwkv.ops.wkv6_chunked import DEFAULT_CHUNK as C6  # noqa: E402
-from rwkv.ops.wkv6_chunked import wkv5_chunked, wkv6_chunked  # noqa: E402
-from rwkv.ops.wkv6_reference import wkv5_reference, wkv6_reference  # noqa: E402
-from rwkv.ops.wkv7_chunked import DEFAULT_CHUNK as C7  # noqa: E402
-from rwkv.ops.wkv7_chunked import wkv7_chunked  # noqa: E402
-from rwkv.ops.wkv7_reference import wkv7_reference  # noqa: E402
+from rwkv.ops import build, dispatch  # noqa: E402
+from rwkv.ops.v6.chunked import DEFAULT_CHUNK as C6  # noqa: E402
+from rwkv.ops.v6.chunked import wkv5_chunked, wkv6_chunked  # noqa: E402
+from rwkv.ops.v6.reference import wkv5_reference, wkv6_reference  # noqa: E402
+from rwkv.ops.v7 import cpu as v7_cpu  # noqa: E402
+from rwkv.ops.v7.chunked import DEFAULT_CHUNK as C7  # noqa: E402
+from rwkv.ops.v7.chunked import wkv7_chunked  # noqa: E402
+from rwkv.ops.v7.reference import wkv7_reference  # noqa: E402
 
 H, N = 12, 64
 
@@ -237,11 +234,11 @@ def chunk_table(args) -> None:
 
 def cpu_table(args) -> None:
     """wkv7 `cpu` (C) vs chunked, side by side in one run, plus the training step's head count (H=8)."""
-    lib = cpu_backend.library()
-    if lib is None or not cpu_backend.ready("wkv7"):
-        print(f"\n## wkv7 cpu backend unavailable here: {cpu_backend._lib}")
+    lib = build.library()
+    if lib is None or not dispatch.cpu_ready("wkv7"):
+        print(f"\n## wkv7 cpu backend unavailable here: {build._lib}")
         return
-    cpu = lambda *t, **kw: cpu_backend.wkv7_with(lib, *t, **kw)
+    cpu = lambda *t, **kw: v7_cpu.wkv7_with(lib, *t, **kw)
     print(f"\n## wkv7: cpu (C, {'OpenMP' if lib.openmp else 'Python threads'}) vs chunked "
           "(forward+backward, fp32, ms per call)")
     print(f"{'H':>2} {'B':>2} {'T':>5} {'chunked':>9} {'cpu':>9} {'ratio':>7}")

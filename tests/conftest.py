@@ -1,16 +1,13 @@
-"""Shared test set-up: the repo root first on sys.path (our `rwkv` must shadow PyPI's), deterministic
-torch, and a skip for `cuda`-marked tests when no GPU exists."""
+"""Shared test set-up: deterministic torch and a skip for `cuda`-marked tests when no GPU exists.
+(`rwkv` is importable through `make setup`'s editable install; PyPI's package of the same name is not on
+the path: docs/design.md §6.)"""
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,7 +1,9 @@
 """Runs PyPI's `rwkv` inference package on a .pth, in a subprocess started by tests/support/pip_rwkv.py.
 
-It is launched with `python -I` from a temporary cwd, so neither the repo root nor its `rwkv/` package is
-on sys.path; it asserts that the imported `rwkv` is the pip one. Input and output are torch files:
+It is launched with `python -I` from a temporary cwd, so neither the repo root nor PYTHONPATH is on sys.path,
+and puts the oracle folder (its third argument, where `make setup` installed PyPI's `rwkv`) first: a path
+entry wins over the finder of our editable install. tests/support/pip_rwkv.py asserts that the imported
+`rwkv` is the pip one. Input and output are torch files:
   request: {model (path without .pth), version, strategy, tokens (list[int]), state_in (list or None)}
   result:  {seq_logits [T,V], seq_state, tok_logits [T,V], tok_state, cont_logits, cont_state, rwkv_file}
 """
@@ -12,7 +14,10 @@ import sys
 import torch
 
 
-def main(req_path: str, out_path: str) -> None:
+def main(req_path: str, out_path: str, oracle: str) -> None:
+    if not os.path.isdir(oracle):
+        sys.exit(f"PyPI's rwkv is not installed in {oracle}: run `make setup`")
+    sys.path.insert(0, oracle)
     req = torch.load(req_path, weights_only=False)
     if req["version"] == "x070":
         os.environ["RWKV_V7_ON"] = "1"  # must be set before importing rwkv.model (docs/model-spec.md §4.2)
@@ -39,4 +44,4 @@ def main(req_path: str, out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])
