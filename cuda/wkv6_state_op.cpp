@@ -1,5 +1,5 @@
 // torch binding of the RWKV-6 state kernels (wkv6_state.cu). Built lazily by
-// rwkv/ops/cuda_backend.py with torch.utils.cpp_extension.load; needs a CUDA build of torch.
+// rwkv/ops/build.py with torch.utils.cpp_extension.load; needs a CUDA build of torch.
 // The Python wrapper converts dtypes and makes tensors contiguous; this file re-checks everything.
 
 #include <torch/extension.h>

@@ -1,5 +1,5 @@
 // torch binding of the RWKV-7 state kernels (wkv7_state.cu). Built lazily by
-// rwkv/ops/cuda_backend.py with torch.utils.cpp_extension.load; needs a CUDA build of torch.
+// rwkv/ops/build.py with torch.utils.cpp_extension.load; needs a CUDA build of torch.
 // The Python wrapper pads T, converts dtypes and makes tensors contiguous; this file re-checks
 // everything so that a wrong call fails with a message instead of reading out of bounds.
 

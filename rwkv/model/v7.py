@@ -45,7 +45,7 @@ class TimeMix(nn.Module):
     def forward(self, x, x_prev, S, v_first, reset=None):
         B, T, C = x.shape
         H, N = self.r_k.shape
-        # x + (z_{t−1} − x) ⊙ x_*, docs/model-spec.md §1.3 (one fused pass on CPU, rwkv/ops/mix.py)
+        # x + (z_{t−1} − x) ⊙ x_*, docs/model-spec.md §1.3 (one fused pass on CPU, rwkv/ops/mix/)
         xr, xw, xk, xv, xa, xg = token_shift_mix(
             x, x_prev, reset, (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
 
@@ -61,7 +61,7 @@ class TimeMix(nn.Module):
         a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
         g = torch.sigmoid(xg @ self.g1) @ self.g2
         # kk = normalize(k ⊙ k_k) per head, k ⊙ (1 + (a − 1) ⊙ k_a), and the kernel's a = −kk, b = kk ⊙ a
-        # (docs/model-spec.md §1.3; one fused pass on CPU, rwkv/ops/keys.py)
+        # (docs/model-spec.md §1.3; one fused pass on CPU, rwkv/ops/keys/)
         k, a_in, b_in = wkv7_keys(k, a, self.k_k, self.k_a, H)
 
         shape = (B, T, H, N)

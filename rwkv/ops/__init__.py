@@ -11,8 +11,11 @@
 Backends: `reference` (per-token loop, the spec), `chunked` (docs/model-spec.md §3.4, fp64 on CPU and the fallback
 everywhere), `cuda` (kernels in cuda/) and, for wkv7, `cpu` (the recurrence in C, rwkv/ops/csrc/); `auto`
 uses `cuda` or `cpu` only after their one-time self-check against `chunked`.
+
+Layout: one folder per op with its reference beside the fast paths (v7/, v6/ which also holds wkv5, mix/,
+keys/), one dispatcher (dispatch.py), one build helper for the C and CUDA code (build.py).
 """
 
-from .backends import available_backends, wkv5, wkv6, wkv7
+from .dispatch import available_backends, wkv5, wkv6, wkv7
 
 __all__ = ["wkv7", "wkv6", "wkv5", "available_backends"]

@@ -1,12 +1,27 @@
-"""Shared helpers of the WKV backends: dtypes, zero states, padding, argument checks."""
+"""Shared helpers of the op backends: dtypes, zero states, padding, argument checks, the calling convention
+of the C kernels, and the comparisons the first-use self-checks make."""
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger("rwkv.ops")
+_warned: set = set()
+_lock = threading.Lock()
+_pool = None
+
+
+def warn_once(key, msg, *args, level=logging.WARNING):
+    if key not in _warned:
+        _warned.add(key)
+        log.log(level, msg, *args)
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -59,20 +74,6 @@ def check_log_decay(op: str, w: torch.Tensor, lower: float | None = None, hint: 
                      f"exp(λ){hint}.")
 
 
-def cpu_or_reference(op: str, kernel: str, backend: str, fast_ok: bool) -> str:
-    """The backend of a fused elementwise op (`auto` | `reference` | `cpu`) as "cpu" or "reference": `auto`
-    takes the C kernel `kernel` only for inputs it handles (`fast_ok`) and once it passed its self-check."""
-    if backend not in ("auto", "reference", "cpu"):
-        raise ValueError(f"{op}: unknown backend {backend!r}; choose auto, reference or cpu")
-    if backend != "auto":
-        return backend
-    if not fast_ok:
-        return "reference"
-    from . import cpu_backend  # compiles on first use, never at import
-
-    return "cpu" if cpu_backend.ready(kernel) else "reference"
-
-
 def run_isolated(fn, device="cpu"):
     """Run a kernel self-check `fn()` in a thread of its own and return its result (or raise its error).
 
@@ -101,3 +102,86 @@ def run_isolated(fn, device="cpu"):
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+# ------------------------------------------------------------------------------ calling the C kernels
+def ptr(t):
+    return ctypes.c_void_p(t.data_ptr()) if t is not None else None
+
+
+def n_parts(total: int) -> int:
+    return max(1, min(torch.get_num_threads(), total))
+
+
+def run_parts(lib, fn, total, args):
+    """fn(*args, nparts, part) over n_parts(total) ranges (csrc/parts.h): one call that runs them all on
+    OpenMP threads when the library has OpenMP, else one call per part on a Python thread pool (ctypes
+    drops the GIL during the call)."""
+    global _pool
+    n = n_parts(total)
+    if n == 1 or lib.openmp:
+        codes = [fn(*args, n, -1)]
+    else:
+        with _lock:
+            if _pool is None or _pool._max_workers < n:
+                _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="rwkv-cpu")
+            pool = _pool
+        codes = [f.result() for f in [pool.submit(fn, *args, n, p) for p in range(n)]]
+    if any(codes):
+        raise MemoryError("rwkv C kernel: out of memory for its work buffers")
+
+
+# ----------------------------------------------------------------------------------- self-check helpers
+def compare_fp64(kernel_fn, reference_fn, inputs: dict, upstream: list, out_names: tuple, tol: float):
+    """Run fn(leaves) -> outputs in fp32 (the C kernel) and fp64 (the reference) on the same values, back-
+    propagate `upstream`, and judge max |C − ref| / max |ref| for every output and input gradient."""
+
+    def run(fn, dtype):
+        leaves = {n: t.to(dtype).clone().requires_grad_() for n, t in inputs.items()}
+        outs = fn(leaves)
+        torch.autograd.backward(list(outs), [u.to(dtype) for u in upstream])
+        return {**dict(zip(out_names, outs)), **{f"d{n}": t.grad for n, t in leaves.items()}}
+
+    def judge():  # everything that touches the autograd graphs stays in the isolated thread
+        got, ref = run(kernel_fn, torch.float32), run(reference_fn, torch.float64)
+        errs = {n: ((got[n].double() - ref[n]).abs().max() / ref[n].abs().max().clamp_min(1e-30)).item()
+                for n in ref}
+        ok = all(bool(torch.isfinite(t).all()) for t in got.values()) and max(errs.values()) <= tol
+        return ok, ", ".join(f"{n} {e:.1e}" for n, e in errs.items())
+
+    return run_isolated(judge)
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    got, ref = got.detach().double(), ref.detach().double()
+    return float((got - ref).abs().max()) / max(float(ref.abs().max()), 1e-30)
+
+
+def kernel_dtype(x: torch.Tensor) -> torch.dtype:
+    """The CUDA kernels' dtype: bf16 inputs run the bf16 kernel; everything else (fp16, fp32, fp64) fp32."""
+    return torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
+
+
+def reset_mask(B, T, device, interval):
+    """Document starts mid-interval and on an interval boundary, in the last batch row only."""
+    rst = torch.zeros(B, T, dtype=torch.bool, device=device)
+    for t in (5, interval, 2 * interval + 3):
+        if t < T:
+            rst[B - 1, t] = True
+    return rst
+
+
+def compare_with_oracle(oracle, ext_fn, inputs, n_in, dy, dsT, dtype, reset, round_mask):
+    """Run `ext_fn` and the oracle (fp64) on the same dtype-rounded inputs; outputs and gradients of both."""
+    # Inputs that the kernel stores in `dtype` are rounded once, so both sides see the same numbers.
+    inputs = [x.to(dtype).double() if rnd else x for x, rnd in zip(inputs, round_mask)]
+    out = {}
+    for name, fn in (("cuda", ext_fn), ("oracle", oracle)):
+        leaves = [x.to(dtype if (rnd and name == "cuda") else torch.float64).detach().requires_grad_()
+                  for x, rnd in zip(inputs, round_mask)]
+        with torch.enable_grad():
+            y, sT = fn(*leaves[:n_in], state=leaves[n_in], reset=reset)
+            loss = (y.double() * dy).sum() + (sT.double() * dsT).sum()
+            grads = torch.autograd.grad(loss, leaves)
+        out[name] = [y.detach(), sT.detach(), *grads]
+    return out

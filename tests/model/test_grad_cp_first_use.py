@@ -4,20 +4,20 @@ it must pass there and leave the checkpointed backward intact."""
 import torch
 
 from rwkv.model import RWKVConfig, build_model
-from rwkv.ops import cpu_backend
+from rwkv.ops import build, dispatch
 
 
 def test_first_kernel_use_inside_grad_cp(monkeypatch):
-    if cpu_backend.library() is None:  # no C compiler: nothing is checked on first use
+    if build.library() is None:  # no C compiler: nothing is checked on first use
         return
-    monkeypatch.setattr(cpu_backend, "_verdicts", {})  # as in a fresh process: no check has run yet
+    monkeypatch.setattr(dispatch, "_cpu_verdicts", {})  # as in a fresh process: no check has run yet
     torch.manual_seed(0)
     cfg = RWKVConfig(n_layer=2, n_embd=128, head_size=64, vocab_size=50)
     model = build_model(cfg, grad_cp=True, init=True)
     x = torch.randint(0, 50, (2, 20))
     logits, _ = model(x)
     logits.float().pow(2).mean().backward()  # CheckpointError here before the fix
-    assert all(cpu_backend._verdicts.get(op) for op in ("wkv7", "mix", "keys")), cpu_backend._verdicts
+    assert all(dispatch._cpu_verdicts.get(op) for op in ("wkv7", "mix", "keys")), dispatch._cpu_verdicts
     got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     plain = build_model(cfg, init=False)

@@ -1,4 +1,4 @@
-"""x070 with the C CPU kernels (rwkv/ops/cpu_backend.py: WKV-7, token-shift mixes, key preparation) equals
+"""x070 with the C CPU kernels (rwkv/ops/{v7,mix,keys}/cpu.py: WKV-7, token-shift mixes, key preparation) equals
 x070 with the PyTorch implementations: logits and every parameter gradient, fp32, with the state carried
 between two calls (gradients through the WKV state and x_prev) and a document reset inside a row."""
 
@@ -8,12 +8,15 @@ import pytest
 import torch
 
 from rwkv.model import RWKVConfig, build_model
-from rwkv.ops import cpu_backend
+from rwkv.ops import dispatch
+from rwkv.ops.keys import cpu as keys_cpu
+from rwkv.ops.mix import cpu as mix_cpu
+from rwkv.ops.v7 import cpu as v7_cpu
 
 
 @pytest.mark.parametrize("head_size", [16, 64])  # the portable C path and the AVX-512 one (where built)
 def test_x070_with_and_without_the_c_kernels(monkeypatch, head_size):
-    assert all(cpu_backend.ready(op) for op in ("wkv7", "mix", "keys"))
+    assert all(dispatch.cpu_ready(op) for op in ("wkv7", "mix", "keys"))
     torch.manual_seed(0)
     model = build_model(RWKVConfig(n_layer=2, n_embd=128, head_size=head_size, vocab_size=50), init=True)
     for p in model.parameters():  # trained-looking values: zero-initialised mixes would hide errors
@@ -39,13 +42,14 @@ def test_x070_with_and_without_the_c_kernels(monkeypatch, head_size):
             return real(*a, **kw)
         return counted
 
+    home = {"wkv7_cpu": v7_cpu, "token_shift_mix_cpu": mix_cpu, "wkv7_keys_cpu": keys_cpu}
     for name in calls:
-        monkeypatch.setattr(cpu_backend, name, counting(name, getattr(cpu_backend, name)))
+        monkeypatch.setattr(home[name], name, counting(name, getattr(home[name], name)))
 
     fast_logits, fast_grads = run()
     assert all(n > 0 for n in calls.values()), calls  # every C kernel ran in the model
     calls.update(dict.fromkeys(calls, 0))
-    monkeypatch.setattr(cpu_backend, "_verdicts", {"wkv7": False, "mix": False, "keys": False})
+    monkeypatch.setattr(dispatch, "_cpu_verdicts", {"wkv7": False, "mix": False, "keys": False})
     ref_logits, ref_grads = run()
     assert not any(calls.values()), calls  # and none in the PyTorch run
     assert (fast_logits - ref_logits).abs().max() < 1e-5 * ref_logits.abs().max()

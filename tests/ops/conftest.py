@@ -2,7 +2,7 @@
 
 import pytest
 
-from rwkv.ops import wkv7_chunked as w7c
+from rwkv.ops.v7 import chunked as w7c
 
 
 @pytest.fixture
@@ -32,10 +32,10 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def lib():
-    """The C CPU kernels' library (rwkv/ops/cpu_backend.py); its tests fail, not skip, when it does not build:
+    """The C CPU kernels' library (rwkv/ops/build.py); its tests fail, not skip, when it does not build:
     the machines here have a C compiler, and the trainer's CPU speed depends on it."""
-    from rwkv.ops import cpu_backend
+    from rwkv.ops import build
 
-    lib = cpu_backend.library()
-    assert lib is not None, f"the C kernels did not build: {cpu_backend._lib}"
+    lib = build.library()
+    assert lib is not None, f"the C kernels did not build: {build._lib}"
     return lib

@@ -10,7 +10,7 @@ order, not the kernel's sequential order (a rounding-level difference only).
 
 Interface = the C++ binding (cuda/wkv7_state_op.cpp): `forward(r, w, k, v, a, b, s0, reset) ->
 [y, sT, snaps, sa]` and `backward(r, w, k, v, a, b, dy, s0, reset, snaps, sa, dsT) -> [dr, dw, dk,
-dv, da, db, ds0]`, so `rwkv.ops.cuda_backend.wkv7_with(Wkv7Emulation(), ...)` runs the real Python
+dv, da, db, ds0]`, so `rwkv.ops.v7.cuda.wkv7_with(Wkv7Emulation(), ...)` runs the real Python
 wrapper (padding, casts, autograd.Function) on top of it.
 """
 

@@ -1,4 +1,4 @@
-"""RWKV-7 key preparation (rwkv/ops/keys.py, rwkv/ops/csrc/kk_cpu.c) against the spec's formula.
+"""RWKV-7 key preparation (rwkv/ops/keys/, rwkv/ops/csrc/kk_cpu.c) against the spec's formula.
 
 kk = normalize(k ⊙ k_k) per head, k' = k ⊙ (1 + (a − 1) ⊙ k_a), a_in = −kk, b_in = kk ⊙ a: the fp32 C
 kernel within 1e-6 (relative to the largest value) of the fp64 reference for the three outputs and the
@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rwkv.ops import cpu_backend
+from rwkv.ops import dispatch
+from rwkv.ops.keys import cpu as keys_cpu
 from rwkv.ops.keys import wkv7_keys, wkv7_keys_reference
 
 TOL = 1e-6
@@ -38,7 +39,7 @@ def _rel(got, ref):
 
 
 def _cpu(lib):
-    return lambda *t: cpu_backend.wkv7_keys_with(lib, *t)
+    return lambda *t: keys_cpu.wkv7_keys_with(lib, *t)
 
 
 def test_reference_is_the_formula_per_head():
@@ -115,7 +116,7 @@ def test_part_split(lib, threads):
 
 def test_dispatch(lib):
     k, a, k_k, k_a, _ = _case(1, 3, 2, 8)
-    assert cpu_backend.ready("keys") is True
+    assert dispatch.cpu_ready("keys") is True
     f32 = [t.float() for t in (k, a, k_k, k_a)]
     assert all(torch.equal(x, y) for x, y in zip(wkv7_keys(*f32, 2), wkv7_keys(*f32, 2, backend="cpu")))
     ref = wkv7_keys_reference(k, a, k_k, k_a, 2)

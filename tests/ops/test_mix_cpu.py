@@ -1,4 +1,4 @@
-"""Token-shift mixes (rwkv/ops/mix.py, rwkv/ops/csrc/mix_cpu.c) against the spec's formula.
+"""Token-shift mixes (rwkv/ops/mix/, rwkv/ops/csrc/mix_cpu.c) against the spec's formula.
 
 The C kernel is fp32; it is held to 1e-6 relative to the fp64 reference for the outputs and the
 gradients of x, x_prev and every mix vector, with resets (a document starting at t = 0, mid-row and at
@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rwkv.ops import cpu_backend
+from rwkv.ops import dispatch
+from rwkv.ops.mix import cpu as mix_cpu
 from rwkv.ops.mix import token_shift_mix, token_shift_mix_reference
 
 TOL = 1e-6
@@ -37,7 +38,7 @@ def _rel(got, ref):
 
 
 def _cpu(lib):
-    return lambda *a: cpu_backend.token_shift_mix_with(lib, *a)
+    return lambda *a: mix_cpu.token_shift_mix_with(lib, *a)
 
 
 def test_reference_is_the_formula_token_by_token():
@@ -107,7 +108,7 @@ def test_part_split_is_exact(lib, threads):
 
 def test_dispatch(lib):
     x, x_prev, m, _ = _case(1, 4, 8, 2)
-    assert cpu_backend.ready("mix") is True
+    assert dispatch.cpu_ready("mix") is True
     x32, xp32, ms = x.float(), x_prev.float(), list(m.float())
     auto = token_shift_mix(x32, xp32, None, ms)
     cpu = token_shift_mix(x32, xp32, None, ms, backend="cpu")

@@ -14,10 +14,10 @@ import functools
 import pytest
 import torch
 
-from rwkv.ops import backends, wkv5, wkv6
-from rwkv.ops import wkv6_chunked as w6c
-from rwkv.ops.wkv6_chunked import wkv5_chunked, wkv6_chunked
-from rwkv.ops.wkv6_reference import wkv5_reference, wkv6_reference
+from rwkv.ops import dispatch, wkv5, wkv6
+from rwkv.ops.v6 import chunked as w6c
+from rwkv.ops.v6.chunked import wkv5_chunked, wkv6_chunked
+from rwkv.ops.v6.reference import wkv5_reference, wkv6_reference
 
 from .test_wkv7 import _separate_documents
 from .wkv_cases import CHUNKS, T_CASES, assert_close, cast, forward_backward, max_abs, v5_inputs, v6_inputs
@@ -153,7 +153,7 @@ def test_reset_equals_separate_documents(op, small_blocks):
 
 
 def test_default_blocks_equal_small_blocks(monkeypatch):
-    from rwkv.ops import wkv7_chunked as w7c
+    from rwkv.ops.v7 import chunked as w7c
 
     inputs, s0 = v6_inputs(B, 100, H, N), _state(B, H, N)
     one = forward_backward(wkv6_chunked, inputs, s0, chunk_size=16)
@@ -183,7 +183,7 @@ def test_bad_arguments_are_refused(op):
 @pytest.mark.parametrize("op", list(OPS))
 def test_auto_is_chunked_and_dtypes_follow_the_contract(op):
     fn = {"wkv6": wkv6, "wkv5": wkv5}[op]
-    assert backends.resolve(op, "auto", torch.device("cpu")) == "chunked"
+    assert dispatch.resolve(op, "auto", torch.device("cpu")) == "chunked"
     x = {n: t.to(torch.bfloat16).requires_grad_() for n, t in OPS[op][2](1, 33, 2, 8).items()}
     s0 = _state(1, 2, 8).float().requires_grad_()
     y, S = fn(**x, state=s0)

@@ -12,9 +12,9 @@ import functools
 import pytest
 import torch
 
-from rwkv.ops import backends, wkv7
-from rwkv.ops.wkv7_chunked import wkv7_chunked
-from rwkv.ops.wkv7_reference import wkv7_reference
+from rwkv.ops import dispatch, wkv7
+from rwkv.ops.v7.chunked import wkv7_chunked
+from rwkv.ops.v7.reference import wkv7_reference
 
 from .wkv_cases import CHUNKS, T_CASES, assert_close, cast, forward_backward, max_abs, v7_inputs
 
@@ -57,7 +57,7 @@ def test_default_blocks_equal_small_blocks(monkeypatch):
     """Block-wise recomputation is an execution detail: one block and many give the same numbers."""
     inputs, s0 = v7_inputs(B, 100, H, N), _state(B, H, N)
     one = forward_backward(wkv7_chunked, inputs, s0, chunk_size=16)
-    from rwkv.ops import wkv7_chunked as w7c
+    from rwkv.ops.v7 import chunked as w7c
 
     monkeypatch.setattr(w7c, "BLOCK_ELEMS_CPU", B * H * N * 16)  # one chunk per block
     assert len(w7c.block_bounds(112, 16, B, H, N, torch.device("cpu"))) == 7
@@ -130,7 +130,7 @@ def test_out_of_range_log_decay_is_refused(bad):
 def test_auto_is_chunked_for_fp64_on_cpu():
     """fp64 (the dtype of the tight tests) always runs chunked; fp32 runs the C kernel when it passed its
     self-check (tests/ops/test_wkv7_cpu.py) and chunked otherwise."""
-    assert backends.resolve("wkv7", "auto", torch.device("cpu"), torch.float64) == "chunked"
+    assert dispatch.resolve("wkv7", "auto", torch.device("cpu"), torch.float64) == "chunked"
     x, s0 = v7_inputs(1, 40, 2, 8), _state(1, 2, 8)
     y_auto, s_auto = wkv7(**x, state=s0, backend="auto")
     y_chunk, s_chunk = wkv7_chunked(**x, state=s0)
@@ -138,10 +138,8 @@ def test_auto_is_chunked_for_fp64_on_cpu():
 
 
 def test_auto_is_chunked_on_cpu_when_the_c_kernel_is_not_ready(monkeypatch):
-    from rwkv.ops import cpu_backend
-
-    monkeypatch.setattr(cpu_backend, "ready", lambda op="wkv7": False)
-    assert backends.resolve("wkv7", "auto", torch.device("cpu"), torch.float32) == "chunked"
+    monkeypatch.setattr(dispatch, "cpu_ready", lambda op="wkv7": False)
+    assert dispatch.resolve("wkv7", "auto", torch.device("cpu"), torch.float32) == "chunked"
     x, s0 = cast(v7_inputs(1, 40, 2, 8), torch.float32), _state(1, 2, 8).float()
     y_auto, s_auto = wkv7(**x, state=s0, backend="auto")
     y_chunk, s_chunk = wkv7_chunked(**x, state=s0)

@@ -1,4 +1,5 @@
-"""WKV-7 `cpu` backend (rwkv/ops/cpu_backend.py, rwkv/ops/csrc/wkv7_cpu.c) against the fp64 reference.
+"""WKV-7 `cpu` backend (rwkv/ops/v7/cpu.py, rwkv/ops/csrc/wkv7_cpu.c; built by rwkv/ops/build.py) against the
+fp64 reference.
 
 The C kernel computes in fp32, so it is held to the fp32 tolerance of the other backends (rel ≤ 1e-4,
 wkv_cases.TOL_REL_FP32) against the fp64 per-token reference: outputs, final state and the gradients of
@@ -18,14 +19,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from rwkv.ops import backends, cpu_backend, wkv7
-from rwkv.ops.wkv7_chunked import wkv7_chunked
-from rwkv.ops.wkv7_reference import wkv7_reference
+from rwkv.ops import build, common, dispatch, wkv7
+from rwkv.ops.mix import cpu as mix_cpu
+from rwkv.ops.v7 import cpu as v7_cpu
+from rwkv.ops.v7.chunked import wkv7_chunked
+from rwkv.ops.v7.reference import wkv7_reference
 
 from .wkv_cases import assert_close, cast, forward_backward, v7_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
-L = cpu_backend.SPAN
+L = v7_cpu.SPAN
 T_CASES = [1, L - 1, L, L + 1, 3 * L + 5, 100]
 
 
@@ -34,7 +37,7 @@ def _state(B, H, N, seed=3):
 
 
 def _cpu(lib):
-    return lambda state=None, reset=None, **x: cpu_backend.wkv7_with(lib, **x, state=state, reset=reset)
+    return lambda state=None, reset=None, **x: v7_cpu.wkv7_with(lib, **x, state=state, reset=reset)
 
 
 @pytest.mark.parametrize("T", T_CASES)
@@ -82,7 +85,7 @@ def test_segments_with_carried_state_equal_whole(lib):
     def segmented(state=None, reset=None, **x):
         ys, S = [], state
         for t0, t1 in zip(cuts[:-1], cuts[1:]):
-            y, S = cpu_backend.wkv7_with(lib, **{n: t[:, t0:t1] for n, t in x.items()}, state=S)
+            y, S = v7_cpu.wkv7_with(lib, **{n: t[:, t0:t1] for n, t in x.items()}, state=S)
             ys.append(y)
         return torch.cat(ys, 1), S
 
@@ -104,11 +107,11 @@ def test_bf16_inputs_and_partial_gradients(lib):
 def test_no_grad_forward_keeps_no_snapshots(lib, monkeypatch):
     x = {n: t.requires_grad_() for n, t in cast(v7_inputs(1, 50, 1, 16), torch.float32).items()}
     made = []
-    real = cpu_backend._WKV7CPU.forward
-    monkeypatch.setattr(cpu_backend._WKV7CPU, "forward",
+    real = v7_cpu._WKV7CPU.forward
+    monkeypatch.setattr(v7_cpu._WKV7CPU, "forward",
                         staticmethod(lambda ctx, lib, need, *a: made.append(need) or real(ctx, lib, need, *a)))
     with torch.no_grad():
-        y, S = cpu_backend.wkv7_cpu(**x)
+        y, S = v7_cpu.wkv7_cpu(**x)
     assert made == [False] and not y.requires_grad
     with torch.no_grad():
         ref_y, ref_S = wkv7_reference(**x)
@@ -116,10 +119,10 @@ def test_no_grad_forward_keeps_no_snapshots(lib, monkeypatch):
 
 
 def test_self_check_passes_and_auto_uses_cpu(lib):
-    assert cpu_backend.ready() is True
-    assert backends.resolve("wkv7", "auto", torch.device("cpu"), torch.float32) == "cpu"
-    assert backends.resolve("wkv7", "auto", torch.device("cpu"), torch.float64) == "chunked"
-    assert backends.resolve("wkv6", "auto", torch.device("cpu"), torch.float32) == "chunked"
+    assert dispatch.cpu_ready() is True
+    assert dispatch.resolve("wkv7", "auto", torch.device("cpu"), torch.float32) == "cpu"
+    assert dispatch.resolve("wkv7", "auto", torch.device("cpu"), torch.float64) == "chunked"
+    assert dispatch.resolve("wkv6", "auto", torch.device("cpu"), torch.float32) == "chunked"
     x, s0 = cast(v7_inputs(1, 40, 2, 8), torch.float32), _state(1, 2, 8).float()
     y_auto, s_auto = wkv7(**x, state=s0, backend="auto")
     y_cpu, s_cpu = wkv7(**x, state=s0, backend="cpu")
@@ -139,27 +142,27 @@ def test_failed_build_warns_once_and_auto_keeps_chunked(monkeypatch, caplog):
     def failing_build():
         raise RuntimeError("cc: command not found")
 
-    monkeypatch.setattr(cpu_backend, "_build", failing_build)
-    monkeypatch.setattr(cpu_backend, "_lib", None)
-    monkeypatch.setattr(cpu_backend, "_verdicts", {})
-    monkeypatch.setattr(cpu_backend, "_warned", set())
+    monkeypatch.setattr(build, "build_c", failing_build)
+    monkeypatch.setattr(build, "_lib", None)
+    monkeypatch.setattr(dispatch, "_cpu_verdicts", {})
+    monkeypatch.setattr(common, "_warned", set())
     with caplog.at_level(logging.WARNING, logger="rwkv.ops"):
-        assert cpu_backend.ready() is False
-        assert cpu_backend.ready("mix") is False
-        assert backends.resolve("wkv7", "auto", torch.device("cpu"), torch.float32) == "chunked"
+        assert dispatch.cpu_ready() is False
+        assert dispatch.cpu_ready("mix") is False
+        assert dispatch.resolve("wkv7", "auto", torch.device("cpu"), torch.float32) == "chunked"
     msgs = [r.getMessage() for r in caplog.records if "C CPU kernels are unavailable" in r.getMessage()]
     assert len(msgs) == 1 and "cc: command not found" in msgs[0]
     with pytest.raises(RuntimeError, match="backend='cpu' requested but the kernel is unavailable"):
-        cpu_backend.wkv7_cpu(**cast(v7_inputs(1, 4, 1, 8), torch.float32))
+        v7_cpu.wkv7_cpu(**cast(v7_inputs(1, 4, 1, 8), torch.float32))
 
 
 def test_failed_self_check_keeps_chunked(monkeypatch, caplog):
-    monkeypatch.setattr(cpu_backend, "_verdicts", {})
-    monkeypatch.setattr(cpu_backend, "_warned", set())
-    monkeypatch.setattr(cpu_backend, "self_check", lambda lib, op="wkv7": (False, "y 3.0e-01"))
+    monkeypatch.setattr(dispatch, "_cpu_verdicts", {})
+    monkeypatch.setattr(common, "_warned", set())
+    monkeypatch.setattr(dispatch, "cpu_self_check", lambda lib, op="wkv7": (False, "y 3.0e-01"))
     with caplog.at_level(logging.WARNING, logger="rwkv.ops"):
-        assert cpu_backend.ready() is False
-    assert backends.resolve("wkv7", "auto", torch.device("cpu"), torch.float32) == "chunked"
+        assert dispatch.cpu_ready() is False
+    assert dispatch.resolve("wkv7", "auto", torch.device("cpu"), torch.float32) == "chunked"
     assert any("failed its self-check" in r.getMessage() and "y 3.0e-01" in r.getMessage()
                for r in caplog.records)
 
@@ -167,7 +170,7 @@ def test_failed_self_check_keeps_chunked(monkeypatch, caplog):
 def test_build_is_cached_and_atomic(tmp_path):
     """A fresh cache directory gets exactly one library and no temporary files; a second process
     reuses it without compiling (its mtime is unchanged)."""
-    code = ("import torch; from rwkv.ops import cpu_backend as cb; assert cb.library() is not None; "
+    code = ("import torch; from rwkv.ops import build as cb; assert cb.library() is not None; "
             "print(cb.library()._name)")
     env = {**os.environ, "RWKV_CPU_EXTENSIONS_DIR": str(tmp_path / "cache")}
     run = lambda: subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
@@ -185,8 +188,8 @@ def test_build_without_openmp_uses_python_threads_and_agrees(lib, monkeypatch, t
     """A compiler without OpenMP gives a library whose parts run on Python threads; its results equal the
     OpenMP build's bit for bit (the same ranges, the same arithmetic), for wkv7 and the mixes."""
     monkeypatch.setenv("RWKV_CPU_EXTENSIONS_DIR", str(tmp_path))
-    monkeypatch.setattr(cpu_backend, "FLAG_SETS", [cpu_backend.CFLAGS + ["-march=native"]])
-    plain = cpu_backend._build()
+    monkeypatch.setattr(build, "FLAG_SETS", [build.CFLAGS + ["-march=native"]])
+    plain = build.build_c()
     assert plain.openmp is False and lib.openmp is True
     inputs, s0 = cast(v7_inputs(3, 37, 2, 64, seed=11), torch.float32), _state(3, 2, 64).float()
     n = torch.get_num_threads()
@@ -196,8 +199,8 @@ def test_build_without_openmp_uses_python_threads_and_agrees(lib, monkeypatch, t
         b = forward_backward(_cpu(plain), inputs, s0)
         x, x_prev = torch.randn(2, 9, 32), torch.randn(2, 32)
         mixes = [torch.randn(1, 1, 32) for _ in range(3)]
-        ma = cpu_backend.token_shift_mix_with(lib, x, x_prev, None, mixes)
-        mb = cpu_backend.token_shift_mix_with(plain, x, x_prev, None, mixes)
+        ma = mix_cpu.token_shift_mix_with(lib, x, x_prev, None, mixes)
+        mb = mix_cpu.token_shift_mix_with(plain, x, x_prev, None, mixes)
     finally:
         torch.set_num_threads(n)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -213,7 +216,7 @@ def test_cache_dir_falls_back_when_home_is_not_writable(monkeypatch, tmp_path):
     try:
         if os.access(home, os.W_OK):  # root ignores permission bits: make creation fail another way
             (home / ".cache").write_text("a file where the directory should be")
-        got = cpu_backend.cache_dir()
+        got = build.cache_dir()
     finally:
         home.chmod(0o700)
     assert not str(got).startswith(str(home)) and "rwkv-infctx-cpu" in got.name

@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from rwkv.ops.wkv7_reference import wkv7_reference
+from rwkv.ops.v7.reference import wkv7_reference
 
 
 def _token_shift(x, cu_seqlens=None, cache=None, output_cache=False, chunk_indices=None):

@@ -13,7 +13,7 @@
 // for each token. No division by the decay (unlike the official CUDA kernel, docs/model-spec.md §3.1), so a reset
 // needs no special path: the recomputation applies it as the forward did.
 //
-// The span L is the caller's (rwkv/ops/cpu_backend.py SPAN, 32). Two implementations with one interface:
+// The span L is the caller's (rwkv/ops/v7/cpu.py SPAN, 32). Two implementations with one interface:
 // portable C for any N (the compiler vectorises the `omp simd` loops), and AVX-512 intrinsics for N = 64 (every official RWKV-7 head) when the compiler targets
 // it. The AVX-512 forward keeps the state transposed (key-major, vectors over the value index), so
 // neither S a nor S r needs a horizontal sum; its backward works value-major like the portable one,
@@ -22,7 +22,7 @@
 //
 // Inputs are [B, T, H, N] contiguous fp32 with the decay d = exp(λ) itself (computed vectorised by
 // the caller; ∂λ = ∂d · d is formed here). The (b, h) pairs are independent and split as in parts.h.
-// Compiled by rwkv/ops/cpu_backend.py (-O3 -march=native -fopenmp, falling back to fewer flags).
+// Compiled by rwkv/ops/build.py (-O3 -march=native -fopenmp, falling back to fewer flags).
 
 #include <math.h>
 #include <stdint.h>

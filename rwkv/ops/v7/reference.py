@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import compute_dtype, zero_state
+from ..common import compute_dtype, zero_state
 
 
 def wkv7_reference(r, w, k, v, a, b, state=None, reset=None):

@@ -3,9 +3,8 @@
 `token_shift_mix(x, x_prev, reset, mixes)` takes x [B, T, C], the carried previous token x_prev [B, C]
 (z_{−1}), an optional bool reset [B, T] (z_{t−1} = 0 where a document starts) and a sequence of mix
 vectors broadcastable to [C] (the x_r … x_g parameters, [1, 1, C]); it returns one [B, T, C] tensor per
-mix vector. The reference below is the spec's formula in PyTorch; fp32 CPU tensors go through the C
-kernel of rwkv/ops/csrc/mix_cpu.c when it built and passed its self-check (cpu_backend.ready("mix")),
-which reads x once for all mixes and fuses the backward (docs/benchmarks.md, "Training step").
+mix vector. This is the spec's formula in PyTorch; under `auto` (rwkv/ops/dispatch.py) fp32 CPU tensors go
+through the C kernel (rwkv/ops/mix/cpu.py) once it built and passed its self-check against this formula.
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
-from .common import cpu_or_reference
 
 
 def shifted(x: torch.Tensor, x_prev: torch.Tensor, reset: torch.Tensor | None) -> torch.Tensor:
@@ -29,13 +26,3 @@ def token_shift_mix_reference(x, x_prev, reset, mixes: Sequence[torch.Tensor]) -
     xx = shifted(x, x_prev, reset) - x
     return [x + xx * m for m in mixes]
 
-
-def token_shift_mix(x, x_prev, reset, mixes: Sequence[torch.Tensor], backend: str = "auto") -> list[torch.Tensor]:
-    """The mixes of `x` with its shifted self; `backend` is `auto`, `reference` or `cpu`."""
-    fast_ok = (x.device.type == "cpu" and x.dtype == torch.float32 and x_prev.dtype == x.dtype
-               and all(m.dtype == x.dtype and m.numel() == x.shape[-1] for m in mixes))
-    if cpu_or_reference("token_shift_mix", "mix", backend, fast_ok) == "cpu":
-        from . import cpu_backend
-
-        return cpu_backend.token_shift_mix_cpu(x, x_prev, reset, mixes)
-    return token_shift_mix_reference(x, x_prev, reset, mixes)

@@ -27,9 +27,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import compute_dtype, pad_time, zero_state
-from .wkv6_reference import check_v56_params
-from .wkv7_chunked import blockwise_scan, document_masks, from_chunks, to_chunks
+from ..common import compute_dtype, pad_time, zero_state
+from ..v7.chunked import blockwise_scan, document_masks, from_chunks, to_chunks
+from .reference import check_v56_params
 
 # Chunk length: the A-matrices cost c·N per token, the state terms N² per token. Measured (fp32
 # forward+backward, B=4, T=4096, H=12, N=64; docs/benchmarks.md "WKV kernels"), c = 16/32/64:

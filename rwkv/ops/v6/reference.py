@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import compute_dtype, zero_state
+from ..common import compute_dtype, zero_state
 
 
 def check_v56_params(name: str, w, u, shape) -> None:

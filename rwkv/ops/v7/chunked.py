@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import check_log_decay, compute_dtype, pad_time, zero_state
+from ..common import check_log_decay, compute_dtype, pad_time, zero_state
 
 # RWKV-7's decay clamp gives λ = −e^{−1/2}·σ(ω) ∈ (−0.6066, 0) (docs/model-spec.md §1.3). The factorised form below
 # multiplies e^{±(G − G_ref)} factors; they stay finite in fp32 while c·|λ| < ~88. We accept a margin
