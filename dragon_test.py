@@ -7,7 +7,7 @@
 
 import sys
 
-from rwkv.tools.dragon import main
+from rwkv.tools.sample import main
 
 if __name__ == "__main__":
     sys.exit(main())

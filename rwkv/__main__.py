@@ -22,7 +22,7 @@ COMMANDS = {
     "preload": ("rwkv.data.preload_cli", False),
     "init": ("rwkv.tools.init_model", False),
     "export": ("rwkv.tools.export", False),
-    "sample": ("rwkv.tools.dragon", False),
+    "sample": ("rwkv.tools.sample", False),
 }
 
 

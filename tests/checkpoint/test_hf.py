@@ -412,7 +412,7 @@ def test_hf_tokenizer_files_go_along(tmp_path, kind):
 
 
 def test_dragon_test_samples_from_an_hf_dir(exported, capsys):
-    from rwkv.tools.dragon import main
+    from rwkv.tools.sample import main
 
     assert main([str(exported[1]), "--tokens", "3", "--prompt", "ab", "--temperature", "0",
                  "--tokenizer", "bytes"]) == 0

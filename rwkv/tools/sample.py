@@ -1,4 +1,5 @@
-"""`dragon_test.py`: stream a completion from a .pth with the recurrent state carried token by token."""
+"""The sampler (`dragon_test.py`, `python -m rwkv sample`): stream a completion from a .pth with the recurrent
+state carried token by token."""
 
 from __future__ import annotations
 
