@@ -5,7 +5,7 @@ On one CUDA GPU, in about four minutes including the kernel builds:
 
 1. build   build the CUDA WKV extensions once (wkv7, wkv6; torch's extension cache, MAX_JOBS = all cores)
            and run their self-checks, so that `auto` picks `cuda`;
-2. tests   `pytest -m cuda tests/ops/test_cuda_backend.py` in a child process, which loads the
+2. tests   `pytest -m cuda tests/ops` in a child process, which loads the
            extensions just built from the cache (a kernel fault there cannot poison this process's CUDA
            context, which the benchmarks below still need);
 3. compare train a small model a few steps in bf16-mixed on the GPU and in fp32 on the CPU from the same
@@ -233,9 +233,9 @@ def section_build(rep: Report, device: torch.device) -> bool:
 
 
 def section_tests(rep: Report, budget_s: float) -> bool:
-    rep.say("", "## tests: pytest -m cuda tests/ops/test_cuda_backend.py (child process, cached build)")
+    rep.say("", "## tests: pytest -m cuda tests/ops (child process, cached build)")
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
-           "tests/ops/test_cuda_backend.py"]
+           "tests/ops"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     t = time.perf_counter()
     try:

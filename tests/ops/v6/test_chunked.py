@@ -19,8 +19,8 @@ from rwkv.ops.v6 import chunked as w6c
 from rwkv.ops.v6.chunked import wkv5_chunked, wkv6_chunked
 from rwkv.ops.v6.reference import wkv5_reference, wkv6_reference
 
-from .test_wkv7 import _separate_documents
-from .wkv_cases import CHUNKS, T_CASES, assert_close, cast, forward_backward, max_abs, v5_inputs, v6_inputs
+from ..v7.test_chunked import _separate_documents
+from ..wkv_cases import CHUNKS, T_CASES, assert_close, cast, forward_backward, max_abs, v5_inputs, v6_inputs
 
 B, H, N = 2, 2, 16
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32}

@@ -16,7 +16,7 @@ from rwkv.ops import dispatch, wkv7
 from rwkv.ops.v7.chunked import wkv7_chunked
 from rwkv.ops.v7.reference import wkv7_reference
 
-from .wkv_cases import CHUNKS, T_CASES, assert_close, cast, forward_backward, max_abs, v7_inputs
+from ..wkv_cases import CHUNKS, T_CASES, assert_close, cast, forward_backward, max_abs, v7_inputs
 
 B, H, N = 2, 2, 16
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32}
@@ -129,7 +129,7 @@ def test_out_of_range_log_decay_is_refused(bad):
 
 def test_auto_is_chunked_for_fp64_on_cpu():
     """fp64 (the dtype of the tight tests) always runs chunked; fp32 runs the C kernel when it passed its
-    self-check (tests/ops/test_wkv7_cpu.py) and chunked otherwise."""
+    self-check (tests/ops/v7/test_cpu.py) and chunked otherwise."""
     assert dispatch.resolve("wkv7", "auto", torch.device("cpu"), torch.float64) == "chunked"
     x, s0 = v7_inputs(1, 40, 2, 8), _state(1, 2, 8)
     y_auto, s_auto = wkv7(**x, state=s0, backend="auto")

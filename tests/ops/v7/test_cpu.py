@@ -5,29 +5,26 @@ The C kernel computes in fp32, so it is held to the fp32 tolerance of the other 
 wkv_cases.TOL_REL_FP32) against the fp64 per-token reference: outputs, final state and the gradients of
 every input including the initial state, at T around the snapshot span, with resets (document starts on
 span edges, adjacent, first and last token), with the state carried over segments, split over one and
-several threads, and in bf16. Build, cache and `auto` dispatch are tested too.
+several threads, and in bf16. Build and cache: tests/ops/test_build.py; `auto` and the self-check:
+tests/ops/test_dispatch.py.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from rwkv.ops import build, common, dispatch, wkv7
+from rwkv.ops import build, dispatch, wkv7
 from rwkv.ops.mix import cpu as mix_cpu
 from rwkv.ops.v7 import cpu as v7_cpu
 from rwkv.ops.v7.chunked import wkv7_chunked
 from rwkv.ops.v7.reference import wkv7_reference
 
-from .wkv_cases import assert_close, cast, forward_backward, v7_inputs
+from ..wkv_cases import assert_close, cast, forward_backward, v7_inputs
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 L = v7_cpu.SPAN
 T_CASES = [1, L - 1, L, L + 1, 3 * L + 5, 100]
 
@@ -138,52 +135,6 @@ def test_positive_log_decay_is_refused(lib):
         wkv7(**x, backend="cpu")
 
 
-def test_failed_build_warns_once_and_auto_keeps_chunked(monkeypatch, caplog):
-    def failing_build():
-        raise RuntimeError("cc: command not found")
-
-    monkeypatch.setattr(build, "build_c", failing_build)
-    monkeypatch.setattr(build, "_lib", None)
-    monkeypatch.setattr(dispatch, "_cpu_verdicts", {})
-    monkeypatch.setattr(common, "_warned", set())
-    with caplog.at_level(logging.WARNING, logger="rwkv.ops"):
-        assert dispatch.cpu_ready() is False
-        assert dispatch.cpu_ready("mix") is False
-        assert dispatch.resolve("wkv7", "auto", torch.device("cpu"), torch.float32) == "chunked"
-    msgs = [r.getMessage() for r in caplog.records if "C CPU kernels are unavailable" in r.getMessage()]
-    assert len(msgs) == 1 and "cc: command not found" in msgs[0]
-    with pytest.raises(RuntimeError, match="backend='cpu' requested but the kernel is unavailable"):
-        v7_cpu.wkv7_cpu(**cast(v7_inputs(1, 4, 1, 8), torch.float32))
-
-
-def test_failed_self_check_keeps_chunked(monkeypatch, caplog):
-    monkeypatch.setattr(dispatch, "_cpu_verdicts", {})
-    monkeypatch.setattr(common, "_warned", set())
-    monkeypatch.setattr(dispatch, "cpu_self_check", lambda lib, op="wkv7": (False, "y 3.0e-01"))
-    with caplog.at_level(logging.WARNING, logger="rwkv.ops"):
-        assert dispatch.cpu_ready() is False
-    assert dispatch.resolve("wkv7", "auto", torch.device("cpu"), torch.float32) == "chunked"
-    assert any("failed its self-check" in r.getMessage() and "y 3.0e-01" in r.getMessage()
-               for r in caplog.records)
-
-
-def test_build_is_cached_and_atomic(tmp_path):
-    """A fresh cache directory gets exactly one library and no temporary files; a second process
-    reuses it without compiling (its mtime is unchanged)."""
-    code = ("import torch; from rwkv.ops import build as cb; assert cb.library() is not None; "
-            "print(cb.library()._name)")
-    env = {**os.environ, "RWKV_CPU_EXTENSIONS_DIR": str(tmp_path / "cache")}
-    run = lambda: subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
-                                 text=True, check=True)
-    first = run()
-    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert len(files) == 1 and files[0].endswith(".so"), files
-    path = tmp_path / "cache" / files[0]
-    mtime = path.stat().st_mtime_ns
-    second = run()
-    assert first.stdout == second.stdout and path.stat().st_mtime_ns == mtime
-
-
 def test_build_without_openmp_uses_python_threads_and_agrees(lib, monkeypatch, tmp_path):
     """A compiler without OpenMP gives a library whose parts run on Python threads; its results equal the
     OpenMP build's bit for bit (the same ranges, the same arithmetic), for wkv7 and the mixes."""
@@ -207,16 +158,3 @@ def test_build_without_openmp_uses_python_threads_and_agrees(lib, monkeypatch, t
     assert all(torch.equal(p, q) for p, q in zip(ma, mb))
 
 
-def test_cache_dir_falls_back_when_home_is_not_writable(monkeypatch, tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
-    home.chmod(0o500)  # no write permission: ~/.cache cannot be created
-    monkeypatch.delenv("RWKV_CPU_EXTENSIONS_DIR", raising=False)
-    monkeypatch.setattr(Path, "home", staticmethod(lambda: home))
-    try:
-        if os.access(home, os.W_OK):  # root ignores permission bits: make creation fail another way
-            (home / ".cache").write_text("a file where the directory should be")
-        got = build.cache_dir()
-    finally:
-        home.chmod(0o700)
-    assert not str(got).startswith(str(home)) and "rwkv-infctx-cpu" in got.name
