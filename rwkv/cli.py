@@ -1,9 +1,11 @@
 """`RWKVCLI`: the LightningCLI behind `python lightning_trainer.py fit|validate -c cfg.yaml` (docs/design.md §4).
 
 The model class (RWKVLitModule) and data class (RWKVDataModule) are fixed, so YAML says
-`model: {n_layer: …}` and `data: {…}`. Values are stated once and linked: the tokenizer's vocab goes to
-the model, `model.ctx_len` to the data (official sampler windows), `trainer.microbatch_size` to the data
-loader. `fit --auto_resume true` resumes from the newest complete checkpoint when one exists.
+`model: {n_layer: …, segments: {…}, optimizer: {…}}` and `data: {…}`. Values are stated once and linked:
+the tokenizer's vocab goes to the model, `model.segments.ctx_len` to the data (official sampler windows),
+`trainer.microbatch_size` to the data loader. Keys that moved into a group are still accepted in their old
+place, in YAML files and on the command line, with one warning each (rwkv/moved_keys.py).
+`fit --auto_resume true` resumes from the newest complete checkpoint when one exists.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import os
 import sys
 
-from jsonargparse import Namespace
+from jsonargparse import Namespace, get_loader, set_loader
 from lightning.pytorch.cli import LightningCLI
 
 from .data.datamodule import RWKVDataModule
+from .moved_keys import regroup, regroup_argv
+from .training.config import MOVED as MODEL_MOVED
 from .training.lit_module import RWKVLitModule
 from .training.strategies import register_strategies
 from .training.trainer import RWKVTrainer
@@ -28,9 +32,36 @@ TRAINER_DEFAULTS = {
 }
 
 
+#: jsonargparse loader mode for our YAML: plain YAML, with moved keys put in their groups
+PARSER_MODE = "rwkv_yaml"
+#: section → {old flat key: its group}
+MOVED_KEYS = {"model": MODEL_MOVED}
+
+
+def _load_regrouped(text: str):
+    """jsonargparse's YAML loader, then old flat keys of a whole config (a `-c` file) moved into their
+    groups. jsonargparse loads command-line values through the same function; those are no config dicts."""
+    value = get_loader("yaml")(text)
+    if isinstance(value, dict):
+        value = regroup_config(value)
+    return value
+
+
+def regroup_config(cfg: dict) -> dict:
+    """A config dict (`{trainer:, model:, data:}`, possibly under a subcommand) with moved keys regrouped."""
+    out = dict(cfg)
+    for name, value in cfg.items():
+        if name in MOVED_KEYS and isinstance(value, dict):
+            out[name] = regroup(name, value, MOVED_KEYS[name])
+        elif name in ("fit", "validate") and isinstance(value, dict):
+            out[name] = regroup_config(value)
+    return out
+
+
 class RWKVCLI(LightningCLI):
     def __init__(self, args=None, run: bool = True):
         register_strategies()
+        set_loader(PARSER_MODE, _load_regrouped)
         # the command line as given, for the `--data.*` overrides that error messages repeat
         self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(
             args, dict | Namespace) else []
@@ -39,8 +70,23 @@ class RWKVCLI(LightningCLI):
             trainer_defaults=dict(TRAINER_DEFAULTS), save_config_kwargs={"overwrite": True},
         )
 
+    def init_parser(self, **kwargs):
+        kwargs.setdefault("parser_mode", PARSER_MODE)  # the main parser and every subcommand's
+        return super().init_parser(**kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        """Old flat keys on the command line (`--model.lr_init 1e-3`) spelled with their group before
+        parsing; in a dict (args given from Python) the same, through `regroup_config`."""
+        if isinstance(args, dict | Namespace):
+            self.config = parser.parse_object(regroup_config(args) if isinstance(args, dict) else args)
+            return
+        argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        for section, moved in MOVED_KEYS.items():
+            argv = regroup_argv(argv, section, moved)
+        self.config = parser.parse_args(argv)
+
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("model.ctx_len", "data.ctx_len")
+        parser.link_arguments("model.segments.ctx_len", "data.ctx_len")
         parser.link_arguments("trainer.microbatch_size", "data.micro_batch_size")
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
         parser.add_argument("--auto_resume", type=bool, default=False,

@@ -99,7 +99,7 @@ def lr_at(step: int, tokens: float, *, lr_init: float, lr_final: float, warmup_s
     elif schedule == "constant":
         lr = lr_init
     else:
-        raise ValueError(f"model.lr_schedule must be cosine, linear or constant, got {schedule!r}")
+        raise ValueError(f"model.optimizer.lr_schedule must be cosine, linear or constant, got {schedule!r}")
     if warmup_steps > 0 and step < warmup_steps:
         lr *= 0.01 + 0.99 * step / warmup_steps
     return lr

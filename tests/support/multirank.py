@@ -113,7 +113,8 @@ def main():
     args = ap.parse_args()
     register_strategies()
     module = initial_model()
-    module.hparams.update(lr_init=args.lr, lr_final=args.lr, on_nonfinite_loss=args.on_nonfinite)
+    module.hparams.optimizer.update(lr_init=args.lr, lr_final=args.lr)
+    module.hparams.update(on_nonfinite_loss=args.on_nonfinite)
     steps = [int(s) for s in args.steps.split(",")]
     rec = Record(args.out, args.nan_rank, args.nan_step)
     val = dict(val_check_interval=args.val_every, check_val_every_n_epoch=None, num_sanity_val_steps=0) \
