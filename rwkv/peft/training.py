@@ -3,8 +3,13 @@ optimizer groups, and checkpoints that hold only the trainable tensors plus the 
 
 Checkpoint layout (a normal Lightning .ckpt): `state_dict` has only the trainable tensors (`model.` +
 their names), the optimizer state covers only them, and `checkpoint["rwkv"]["peft"]` records
-`{base, base_sha256, spec, lora_config}`. On resume the base tensors come from model.load_model, whose
-SHA-256 must equal the recorded one.
+`{base, base_sha256, spec, lora_config, trainable}`. On resume the base tensors come from
+model.load_model, whose SHA-256 must equal the recorded one.
+
+Under DeepSpeed the engine writes the module and optimizer shards itself (Lightning hands it the client
+state without `state_dict`): `on_save` turns on the strategy's `exclude_frozen_parameters`, so the shards
+hold only the trainable tensors and their optimizer state, and the engine loads them back non-strictly
+(`strict_loading`) onto the model built from the base; `on_load` then checks the base and the names.
 """
 
 from __future__ import annotations
@@ -30,13 +35,20 @@ def setup(model, hparams):
     return model
 
 
+def strict_loading(model) -> bool:
+    """LightningModule.strict_loading for this model: False for a PEFT run. Its checkpoints lack the frozen
+    base tensors; under DeepSpeed the engine loads the module shard before any hook could complete it
+    (on_load completes it for the other strategies), so the engine must accept the missing keys. on_load
+    checks the base's hash and the trained names instead."""
+    return getattr(model, "peft_spec", None) is None
+
+
 def param_groups(lit) -> list[dict] | None:
     """PEFT optimizer groups, or None for a full fine-tune (the caller's official groups then apply)."""
     spec = getattr(lit.model, "peft_spec", None)
     if spec is None:
         return None
-    opt = lit.optimizer_config
-    groups = peft_param_groups(lit.model, spec, opt.lr_init, opt.weight_decay)
+    groups = peft_param_groups(lit.model, spec, lit.hparams.lr_init, lit.hparams.weight_decay)
     if not groups:
         raise ConfigError("model.peft leaves no trainable tensor")
     return groups
@@ -79,13 +91,17 @@ def on_save(lit, checkpoint) -> None:
     spec = getattr(lit.model, "peft_spec", None)
     if spec is None:
         return
-    keep = {PREFIX + n for n in trainable_names(lit.model)}
+    names = trainable_names(lit.model)
+    keep = {PREFIX + n for n in names}
     sd = checkpoint.get("state_dict")
     if sd is not None:
         checkpoint["state_dict"] = {k: v for k, v in sd.items() if k in keep}
+    strategy = getattr(lit.trainer, "strategy", None) if lit._trainer is not None else None
+    if hasattr(strategy, "exclude_frozen_parameters"):  # DeepSpeed: its engine writes the tensors itself
+        strategy.exclude_frozen_parameters = True
     checkpoint.setdefault("rwkv", {})["peft"] = {
         "base": str(Path(lit.hparams.load_model).resolve()), "base_sha256": _base_sha(lit),
-        "spec": dataclasses.asdict(spec), "lora_config": _lora_fields(lit.model)}
+        "spec": dataclasses.asdict(spec), "lora_config": _lora_fields(lit.model), "trainable": names}
 
 
 def on_load(lit, checkpoint) -> None:
@@ -103,6 +119,13 @@ def on_load(lit, checkpoint) -> None:
         raise ConfigError(f"model.load_model: {lit.hparams.load_model} is not the base this checkpoint was "
                           f"trained on ({info['base']}, sha256 {info['base_sha256'][:12]}…); resume with that "
                           "base file")
+    names = info.get("trainable")
+    if names is not None and sorted(names) != sorted(trainable_names(lit.model)):
+        ours = set(trainable_names(lit.model))
+        diff = sorted(set(names) ^ ours)
+        raise ConfigError(f"model.peft: the checkpoint's trained tensors differ from this run's ({diff[0]} is "
+                          f"{'only in this run' if diff[0] in ours else 'only in the checkpoint'}); resume "
+                          "with the checkpoint's model.peft")
     sd = checkpoint.get("state_dict")
     if sd is not None:
         for k, v in lit.state_dict().items():

@@ -29,13 +29,15 @@ def _block_rows(V: int) -> int:
 
 class _HeadCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, weights, l2_scale, compute_dtype, need_grad):
+    def forward(ctx, hidden, weight, targets, weights, l2_scale, compute_dtype, need_grad, need_grad_w):
         rows, C = hidden.shape
         V = weight.shape[0]
         w_mm = weight.to(compute_dtype)
         grad_h = torch.empty(rows, C, dtype=hidden.dtype, device=hidden.device) if need_grad else None
+        # a frozen head (PEFT) needs no [V, C] gradient: forming it, saving it and scaling it in backward
+        # were three head-sized buffers (3 × 192 MiB at the 0.1B World shape) at the step's memory peak
         grad_w = torch.zeros(V, C, dtype=torch.float64 if compute_dtype == torch.float64 else torch.float32,
-                             device=hidden.device) if need_grad else None
+                             device=hidden.device) if need_grad and need_grad_w else None
         acc = torch.float64 if compute_dtype == torch.float64 else torch.float32  # fp64 for exact tests
         total = hidden.new_zeros((), dtype=acc)
         step = _block_rows(V)
@@ -59,18 +61,22 @@ class _HeadCE(torch.autograd.Function):
             g.scatter_add_(1, arg[:, None], (l2_scale * wt * mx)[:, None])
             g = g.to(compute_dtype)
             grad_h[s:s + step] = (g @ w_mm).to(hidden.dtype)
+            if grad_w is None:
+                continue
             if grad_w.dtype == g.dtype:
                 grad_w.addmm_(g.T, h)  # accumulate in place: no [V, C] temporary per block
             else:
                 grad_w += (g.T @ h).to(grad_w.dtype)
         if need_grad:
-            ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
+            ctx.has_grad_w = grad_w is not None
+            ctx.save_for_backward(grad_h, *([grad_w.to(weight.dtype)] if grad_w is not None else []))
         return total
 
     @staticmethod
     def backward(ctx, g):
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * g.to(grad_h.dtype), grad_w * g.to(grad_w.dtype), None, None, None, None, None
+        grad_h, *rest = ctx.saved_tensors
+        grad_w = rest[0] * g.to(rest[0].dtype) if ctx.has_grad_w else None
+        return grad_h * g.to(grad_h.dtype), grad_w, None, None, None, None, None, None
 
 
 def head_ce_l2wrap(hidden, head_weight, targets, weights, l2wrap: bool = True):
@@ -81,7 +87,7 @@ def head_ce_l2wrap(hidden, head_weight, targets, weights, l2wrap: bool = True):
     l2_scale = L2WRAP_FACTOR if l2wrap else 0.0
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad)
     return _HeadCE.apply(hidden.reshape(-1, C), head_weight, targets.reshape(-1), weights.reshape(-1),
-                         l2_scale, compute_dtype, need_grad)
+                         l2_scale, compute_dtype, need_grad, head_weight.requires_grad)
 
 
 class _L2Wrap(torch.autograd.Function):
