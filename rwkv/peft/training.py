@@ -48,7 +48,8 @@ def param_groups(lit) -> list[dict] | None:
     spec = getattr(lit.model, "peft_spec", None)
     if spec is None:
         return None
-    groups = peft_param_groups(lit.model, spec, lit.hparams.lr_init, lit.hparams.weight_decay)
+    opt = lit.optimizer_config
+    groups = peft_param_groups(lit.model, spec, opt.lr_init, opt.weight_decay)
     if not groups:
         raise ConfigError("model.peft leaves no trainable tensor")
     return groups

@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Timer
 from ..errors import ConfigError
 from ..model import RWKVConfig, build_model, check_state_dict, infer_config, load_state_dict
 from ..peft import training as peft_training
+from .config import OptimizerConfig, SegmentConfig, as_dict, group_values
 from .loss import head_ce_l2wrap, logits_ce_l2wrap
 from .optim import build_optimizer, lr_at, param_groups
 from .segments import eval_sample, run_sample, segment_bounds
@@ -37,23 +38,12 @@ class RWKVLitModule(pl.LightningModule):
         head_size: int = 64,
         vocab_size: int | None = None,
         dim_ffn: int | None = None,
-        ctx_len: int = 4096,
-        bptt: Literal["truncated", "full"] | int = "full",
-        grad_cp: bool = False,
-        lr_init: float = 6e-4,
-        lr_final: float = 6e-5,
-        lr_schedule: Literal["cosine", "linear", "constant"] = "cosine",
-        warmup_steps: int = 10,
-        token_budget: int | None = None,
-        schedule_by_time: bool = False,
-        beta1: float = 0.9,
-        beta2: float = 0.99,
-        adam_eps: float = 1e-18,
-        weight_decay: float = 0.0,
-        layerwise_lr: bool | None = None,
+        segments: SegmentConfig = SegmentConfig(),  # noqa: B008 - frozen dataclass, never mutated
+        optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008 - frozen dataclass, never mutated
         l2wrap: bool = True,
         on_nonfinite_loss: Literal["stop", "skip"] = "stop",
         peft: dict | None = None,
+        **flat,
     ):
         """
         Args:
@@ -64,33 +54,27 @@ class RWKVLitModule(pl.LightningModule):
             head_size: Head size N (64 in every official model).
             vocab_size: Model vocab; linked from the tokenizer (data.tokenizer), no need to set it.
             dim_ffn: Channel-mix size (default 4·n_embd for x070, 3.5·n_embd for x060/x052).
-            ctx_len: Segment length: samples are cut into ctx_len segments with the state carried.
-            bptt: Gradient across segment boundaries: truncated, full (exact), or K = the last K boundaries.
-            grad_cp: Recompute each block in backward (less activation memory).
-            lr_init: Peak learning rate (after warm-up).
-            lr_final: Final learning rate at the end of the schedule.
-            lr_schedule: Decay shape from lr_init to lr_final: cosine, linear or constant.
-            warmup_steps: Optimizer steps of warm-up (lr × (0.01 + 0.99·step/warmup_steps)).
-            token_budget: If set, the schedule runs over this many tokens and training stops there.
-            schedule_by_time: Also end the schedule at trainer.max_time: progress is the larger of the
-                step (or token) progress and elapsed/max_time, so a time-boxed run on a slower machine
-                still anneals to lr_final by the time it stops (the quickstart uses this).
-            beta1: Adam beta1.
-            beta2: Adam beta2.
-            adam_eps: Adam epsilon (official trainer: 1e-18).
-            weight_decay: Decoupled weight decay, applied to the large matrices only.
-            layerwise_lr: The RWKV-v5 folder's layer-wise lr groups (time_decay 2×, time_first 3×, the
-                rest 1×; docs/model-spec.md §1.6). Default (null): the official default of the model's
-                version — on for x060/x052; x070's recipe has no such switch (att.w0 is 2× either way).
+            segments: Segment length, BPTT mode and block recomputation (rwkv/training/config.py).
+            optimizer: Learning rates, schedule, Adam settings, weight decay (rwkv/training/config.py).
             l2wrap: Apply L2Wrap (keeps logits near 0; docs/model-spec.md §1.5).
             on_nonfinite_loss: On a NaN/inf loss: stop with a message, or skip the step.
             peft: Parameter-efficient fine-tuning of load_model (rwkv/peft): lora (peft.LoraConfig fields),
                 state_tuning, train_parts (ln, time, emb, head), adapter (a peft adapter dir), state_lr.
+            flat: The keys that moved into segments/optimizer, in their old place (e.g. lr_init=…): still
+                accepted, with one warning each; checkpoints saved before the move hold them this way.
         """
         super().__init__()
-        self.save_hyperparameters()
+        segments, optimizer = group_values(flat, segments, optimizer)
+        # Plain dicts in hparams (not dataclasses), so checkpoints load with weights_only=True.
+        self.save_hyperparameters({
+            "version": version, "load_model": load_model, "n_layer": n_layer, "n_embd": n_embd,
+            "head_size": head_size, "vocab_size": vocab_size, "dim_ffn": dim_ffn,
+            "segments": as_dict(segments), "optimizer": as_dict(optimizer), "l2wrap": l2wrap,
+            "on_nonfinite_loss": on_nonfinite_loss, "peft": peft,
+        })
+        bptt = segments.bptt
         if isinstance(bptt, int) and bptt < 0:
-            raise ConfigError(f"model.bptt must be truncated, full or an integer ≥ 0, got {bptt}")
+            raise ConfigError(f"model.segments.bptt must be truncated, full or an integer ≥ 0, got {bptt}")
         self.model = peft_training.setup(self._build(), self.hparams)
         self.strict_loading = peft_training.strict_loading(self.model)  # PEFT checkpoints lack the frozen base
         self.tokens_seen = 0  # all ranks, restored from checkpoints (drives a token-budget schedule)
@@ -115,7 +99,7 @@ class RWKVLitModule(pl.LightningModule):
                 raise ConfigError(f"the tokenizer needs vocab_size {hp.vocab_size} but {hp.load_model} has "
                                  f"{cfg.vocab_size} rows; pick the tokenizer the model was trained with")
             check_state_dict(sd, cfg, source=hp.load_model)
-            model = build_model(cfg, grad_cp=hp.grad_cp)
+            model = build_model(cfg, grad_cp=self.segment_config.grad_cp)
             model.load_state_dict(sd)
             return model
         missing = [k for k in ("n_layer", "n_embd", "vocab_size") if getattr(hp, k) is None]
@@ -124,7 +108,17 @@ class RWKVLitModule(pl.LightningModule):
                              + " (vocab_size comes from data.tokenizer), or model.load_model")
         cfg = RWKVConfig(version=hp.version, n_layer=hp.n_layer, n_embd=hp.n_embd, vocab_size=hp.vocab_size,
                          head_size=hp.head_size, dim_ffn=hp.dim_ffn)
-        return build_model(cfg, grad_cp=hp.grad_cp, init=True)
+        return build_model(cfg, grad_cp=self.segment_config.grad_cp, init=True)
+
+    @property
+    def segment_config(self) -> SegmentConfig:
+        """`model.segments`, read from hparams each time (hparams stay the one place that holds them)."""
+        return SegmentConfig(**self.hparams.segments)
+
+    @property
+    def optimizer_config(self) -> OptimizerConfig:
+        """`model.optimizer`, read from hparams each time."""
+        return OptimizerConfig(**self.hparams.optimizer)
 
     def forward(self, idx, state=None, reset=None):
         return self.model(idx, state, reset)
@@ -218,7 +212,7 @@ class RWKVLitModule(pl.LightningModule):
     def _segment_counts(self, micro) -> list[int]:
         """Segments of each micro batch, the maximum over ranks: every rank then makes the same number of
         forward and backward calls (ZeRO-3 gathers parameters collectively in each)."""
-        local = [len(segment_bounds(m["input_ids"].shape[1] - 1, self.hparams.ctx_len)) for m in micro]
+        local = [len(segment_bounds(m["input_ids"].shape[1] - 1, self.segment_config.ctx_len)) for m in micro]
         return [int(c) for c in self._all_reduce(local, "max")]
 
     def _all_reduce(self, values, op: str) -> list[float]:
@@ -233,7 +227,7 @@ class RWKVLitModule(pl.LightningModule):
         return t.tolist()
 
     def on_train_batch_start(self, batch, batch_idx):
-        hp = self.hparams
+        hp = self.optimizer_config
         if self.warmup_tokens is None and self.global_step == hp.warmup_steps:
             self.warmup_tokens = self.tokens_seen  # what the warm-up consumed: token progress starts here
         lr = lr_at(self.global_step, self.tokens_seen, lr_init=hp.lr_init, lr_final=hp.lr_final,
@@ -253,7 +247,7 @@ class RWKVLitModule(pl.LightningModule):
         timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
         remaining = timer.time_remaining("train") if timer is not None else None
         if remaining is None:
-            raise ConfigError("model.schedule_by_time: true needs trainer.max_time (e.g. \"00:00:10:00\")")
+            raise ConfigError("model.optimizer.schedule_by_time: true needs trainer.max_time (e.g. \"00:00:10:00\")")
         elapsed = timer.time_elapsed("train")
         (share,) = self._all_reduce([elapsed / max(elapsed + remaining, 1e-9)], "max")
         return share  # lr_at clamps progress to [0, 1]
@@ -266,7 +260,7 @@ class RWKVLitModule(pl.LightningModule):
         return int(steps) if math.isfinite(steps) else None
 
     def training_step(self, batch, batch_idx):
-        hp = self.hparams
+        seg, budget = self.segment_config, self.optimizer_config.token_budget
         micro = self._micro_batches(batch)
         counts = self._segment_counts(micro)
         local_tokens = sum(int(m["lengths"].sum()) if "lengths" in m else m["input_ids"].numel() for m in micro)
@@ -276,7 +270,7 @@ class RWKVLitModule(pl.LightningModule):
         results = []
         for i, m in enumerate(micro):
             try:
-                res = run_sample(self.model, m["input_ids"], m["loss_mask"], hp.ctx_len, hp.bptt, self._loss_fn,
+                res = run_sample(self.model, m["input_ids"], m["loss_mask"], seg.ctx_len, seg.bptt, self._loss_fn,
                                  self._backward, reset=m.get("reset"), scale=1.0 / len(micro),
                                  n_segments=counts[i], defer_last=i == len(micro) - 1)
             except BaseException:
@@ -298,7 +292,7 @@ class RWKVLitModule(pl.LightningModule):
         self.tokens_seen += int(step_tokens)
         self._step_tokens = step_tokens
         self._log_step(loss_sum_all / max(learned_all, 1.0))
-        if hp.token_budget and self.tokens_seen >= hp.token_budget:
+        if budget and self.tokens_seen >= budget:
             self.trainer.should_stop = True
         return results[-1].deferred
 
@@ -324,7 +318,7 @@ class RWKVLitModule(pl.LightningModule):
         where = self._nonfinite_report(micro, results, local_bad)
         if self.hparams.on_nonfinite_loss == "stop":
             self._close_sync_scope()
-            raise RuntimeError(f"non-finite loss at step {self.global_step} ({where}). Lower model.lr_init, "
+            raise RuntimeError(f"non-finite loss at step {self.global_step} ({where}). Lower model.optimizer.lr_init, "
                                "check the data, or set model.on_nonfinite_loss: skip to skip such steps.")
         self.print(f"skipping step {self.global_step}: non-finite loss ({where})")
         # Lightning refuses a skipped training_step (None) in distributed runs, and DDP's reducer and
@@ -364,7 +358,7 @@ class RWKVLitModule(pl.LightningModule):
         micro = self._micro_batches(batch)
         counts = self._segment_counts(micro)  # as in training: equal forward calls on every rank
         for m, n in zip(micro, counts):
-            res = eval_sample(self.model, m["input_ids"], m["loss_mask"], self.hparams.ctx_len,
+            res = eval_sample(self.model, m["input_ids"], m["loss_mask"], self.segment_config.ctx_len,
                               self._eval_loss_fn, reset=m.get("reset"), n_segments=n)
             self._val_sums[0] = self._val_sums[0] + res.loss_sum
             self._val_sums[1] = self._val_sums[1] + res.learned
@@ -377,7 +371,7 @@ class RWKVLitModule(pl.LightningModule):
 
     # ---- optimizer and checkpoints -----------------------------------------------------------------
     def configure_optimizers(self):
-        hp = self.hparams
+        hp = self.optimizer_config
         ds = self._deepspeed
         offload = bool(ds is not None and getattr(ds, "offloads_optimizer", False))
         from lightning.pytorch.plugins.precision import MixedPrecision
@@ -389,8 +383,8 @@ class RWKVLitModule(pl.LightningModule):
 
     @property
     def layerwise_lr(self) -> bool:
-        if self.hparams.layerwise_lr is not None:
-            return bool(self.hparams.layerwise_lr)
+        if self.optimizer_config.layerwise_lr is not None:
+            return bool(self.optimizer_config.layerwise_lr)
         return self.model.cfg.version in ("x060", "x052")
 
     def on_save_checkpoint(self, checkpoint):
