@@ -315,3 +315,21 @@ def test_pip_forward_from_a_v6_v5_state_file(version, tmp_path):
     pip = run_pip_rwkv(tmp_path / "m.pth", version, tokens, tmp_path, state_in=to_pip_state_list(states, model.cfg))
     # pip's fp32 path, different summation order: the interop tests' bound
     assert (pip["cont_logits"] - ours).abs().max().item() <= 1e-4 * max(1.0, ours.abs().max().item())
+
+
+def test_fused_loss_with_a_frozen_head_gives_the_same_hidden_gradient_and_no_head_gradient():
+    from rwkv.training.loss import head_ce_l2wrap
+
+    torch.manual_seed(0)
+    W = torch.randn(300, 32, dtype=torch.float64)
+    h = torch.randn(2, 7, 32, dtype=torch.float64)
+    tg, wt = torch.randint(0, 300, (2, 7)), torch.rand(2, 7, dtype=torch.float64)
+    grads = []
+    for train_head in (True, False):
+        hh, WW = h.clone().requires_grad_(), W.clone().requires_grad_(train_head)
+        loss = head_ce_l2wrap(hh, WW, tg, wt)
+        (0.37 * loss).backward()  # the upstream gradient scales both paths
+        grads.append((loss.detach(), hh.grad, WW.grad))
+    (l_t, gh_t, gw_t), (l_f, gh_f, gw_f) = grads
+    assert gw_t is not None and gw_f is None  # a frozen (PEFT) head forms no [V, C] gradient
+    assert torch.equal(l_t, l_f) and torch.equal(gh_t, gh_f)
