@@ -9,7 +9,7 @@
   including `state`.
 
 Backends: `reference` (per-token loop, the spec), `chunked` (docs/model-spec.md §3.4, fp64 on CPU and the fallback
-everywhere), `cuda` (kernels in cuda/) and, for wkv7, `cpu` (the recurrence in C, rwkv/ops/csrc/); `auto`
+everywhere), `cuda` (CUDA kernels in rwkv/ops/csrc/) and, for wkv7, `cpu` (the recurrence in C, same folder); `auto`
 uses `cuda` or `cpu` only after their one-time self-check against `chunked`.
 
 Layout: one folder per op with its reference beside the fast paths (v7/, v6/ which also holds wkv5, mix/,

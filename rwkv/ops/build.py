@@ -1,7 +1,8 @@
 """Builds the native kernels on first use and caches them: the C library (system C compiler, loaded with
-ctypes) and the CUDA extensions (`torch.utils.cpp_extension`). Sources live in rwkv/ops/csrc/ (C) and
-cuda/ (CUDA; docs/cuda.md). Importing this module builds nothing and needs neither a compiler nor a GPU;
-which backend runs is decided by rwkv/ops/dispatch.py, after a self-check of what was built here.
+ctypes) and the CUDA extensions (`torch.utils.cpp_extension`). Both kinds of source live in rwkv/ops/csrc/
+(the CUDA files: docs/cuda.md), inside the package, so that they are found wherever it is. Importing this
+module builds nothing and needs neither a compiler nor a GPU; which backend runs is decided by
+rwkv/ops/dispatch.py, after a self-check of what was built here.
 
 C: one library of every C kernel (WKV-7, token-shift mixes, key preparation), compiled with `$CC`
 (else `cc`) into a cache directory (`$RWKV_CPU_EXTENSIONS_DIR`, else `~/.cache/rwkv-infctx/cpu`),
@@ -139,7 +140,7 @@ def require_c(op: str, device) -> ctypes.CDLL:
 
 
 # ---------------------------------------------------------------------------------------------- CUDA
-CUDA_DIR = Path(__file__).resolve().parents[2] / "cuda"
+CUDA_DIR = CSRC  # the .cu/.cpp/.h files sit beside the C sources
 HEAD_SIZE = 64  # -D_N_: every official RWKV model uses head size 64 (docs/model-spec.md §0 notation, §3.1)
 # -D_SNAPSHOT_INTERVAL_: tokens between the state snapshots the backward restarts from (the official
 # kernels call it _CHUNK_LEN_; docs/model-spec.md §3.1). Not a chunk of the chunked algorithm.

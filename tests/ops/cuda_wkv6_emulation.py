@@ -1,11 +1,11 @@
-"""A step-by-step PyTorch emulation of cuda/wkv6_state.cu, for CPU tests only (not in the package).
+"""A step-by-step PyTorch emulation of rwkv/ops/csrc/wkv6_state.cu, for CPU tests only (not in the package).
 
 Mirrors the kernels' loops per (batch, head) block and per thread (vectorised, as in
 cuda_wkv7_emulation.py): the forward with thread i = value column i, the backward's forward sweep
 (thread i = key row i: ∂r and q) and reverse sweep (row and column i of G = ∂L/∂S: ∂k, ∂v, ∂u, ∂s0),
 and ∂λ from the pair-sum identity with fp64 accumulators restarted at resets.
 
-Interface = the C++ binding (cuda/wkv6_state_op.cpp): `forward(r, w, k, v, u, s0, reset) -> [y, sT]`,
+Interface = the C++ binding (rwkv/ops/csrc/wkv6_state_op.cpp): `forward(r, w, k, v, u, s0, reset) -> [y, sT]`,
 `backward(r, w, k, v, u, dy, s0, reset, dsT) -> [dr, dw, dk, dv, du [B,H,N], ds0]`.
 """
 

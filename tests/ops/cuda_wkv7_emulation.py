@@ -1,4 +1,4 @@
-"""A step-by-step PyTorch emulation of cuda/wkv7_state.cu, for CPU tests only (not in the package).
+"""A step-by-step PyTorch emulation of rwkv/ops/csrc/wkv7_state.cu, for CPU tests only (not in the package).
 
 It mirrors the kernels' loop structure and buffers so the algorithm can be validated here, where the
 .cu cannot run: per (batch, head) block and per thread i, the same per-step operations in the same
@@ -8,7 +8,7 @@ at a reset). Blocks and threads are vectorised: a per-thread register row become
 [B, H, N(thread), N] tensor, a shared-memory vector a [B, H, N] tensor. Sums over j run in torch's
 order, not the kernel's sequential order (a rounding-level difference only).
 
-Interface = the C++ binding (cuda/wkv7_state_op.cpp): `forward(r, w, k, v, a, b, s0, reset) ->
+Interface = the C++ binding (rwkv/ops/csrc/wkv7_state_op.cpp): `forward(r, w, k, v, a, b, s0, reset) ->
 [y, sT, snaps, sa]` and `backward(r, w, k, v, a, b, dy, s0, reset, snaps, sa, dsT) -> [dr, dw, dk,
 dv, da, db, ds0]`, so `rwkv.ops.v7.cuda.wkv7_with(Wkv7Emulation(), ...)` runs the real Python
 wrapper (padding, casts, autograd.Function) on top of it.

@@ -23,7 +23,7 @@ from rwkv.ops.v7 import cpu as v7_cpu
 from tests.ops.wkv_cases import cast, v7_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
-CUDA_DIR = ROOT / "cuda"
+CUDA_DIR = ROOT / "rwkv" / "ops" / "csrc"
 KERNELS = {"wkv7_state.cu": ("wkv7_forward_kernel", "wkv7_backward_kernel"),
            "wkv6_state.cu": ("wkv6_forward_kernel", "wkv6_backward_kernel")}
 NVCC_FLAGS = ["-arch=sm_80", "-std=c++20", "-O3", "--use_fast_math", "-D_N_=64", "-D_SNAPSHOT_INTERVAL_=16"]
@@ -104,7 +104,7 @@ def test_nvcc_compiles_the_kernels(tmp_path, source):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not on PATH")
 def test_bindings_parse_against_torch_headers(tmp_path):
-    """Syntax-check cuda/wkv{7,6}_state_op.cpp against this (CPU) torch's headers. The CPU wheel lacks
+    """Syntax-check rwkv/ops/csrc/wkv{7,6}_state_op.cpp against this (CPU) torch's headers. The CPU wheel lacks
     the generated c10/cuda/impl/cuda_cmake_macros.h, so a one-line stand-in is provided. Building and
     linking the bindings needs a CUDA build of torch, i.e. a GPU machine."""
     tinc = Path(torch.__file__).parent / "include"

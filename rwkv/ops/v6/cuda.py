@@ -1,4 +1,4 @@
-"""The `cuda` WKV-6 and WKV-5 backend: the kernels of cuda/wkv6_state.cu (docs/cuda.md), built by
+"""The `cuda` WKV-6 and WKV-5 backend: the kernels of rwkv/ops/csrc/wkv6_state.cu (docs/cuda.md), built by
 rwkv/ops/build.py on first use; `auto` (rwkv/ops/dispatch.py) takes it only after `check` below passed on
 that device against the `chunked` backend.
 
@@ -17,7 +17,7 @@ from ..common import compare_with_oracle, kernel_dtype, rel_err, reset_mask, zer
 
 
 class _WKV6State(torch.autograd.Function):
-    """As rwkv/ops/v7/cuda.py's `_WKV7State` for cuda/wkv6_state.h; the per-batch ∂u [B,H,N] is summed here."""
+    """As rwkv/ops/v7/cuda.py's `_WKV7State` for rwkv/ops/csrc/wkv6_state.h; the per-batch ∂u [B,H,N] is summed here."""
 
     @staticmethod
     def forward(ctx, ext, r, w, k, v, u, s0, reset):

@@ -1,4 +1,4 @@
-"""The `cuda` WKV-7 backend: the kernels of cuda/wkv7_state.cu (docs/cuda.md), built by rwkv/ops/build.py on
+"""The `cuda` WKV-7 backend: the kernels of rwkv/ops/csrc/wkv7_state.cu (docs/cuda.md), built by rwkv/ops/build.py on
 first use; `auto` (rwkv/ops/dispatch.py) takes it only after `check` below passed on that device against
 the `chunked` backend.
 
@@ -21,7 +21,7 @@ from ..common import compare_with_oracle, kernel_dtype, pad_time, rel_err, reset
 
 class _WKV7State(torch.autograd.Function):
     """Calls `ext.forward/backward` (the C++ binding, or a stand-in with the same interface in tests)
-    on padded, contiguous inputs of the kernel dtype; see cuda/wkv7_state.h for the buffers."""
+    on padded, contiguous inputs of the kernel dtype; see rwkv/ops/csrc/wkv7_state.h for the buffers."""
 
     @staticmethod
     def forward(ctx, ext, r, w, k, v, a, b, s0, reset):

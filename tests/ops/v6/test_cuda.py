@@ -1,4 +1,4 @@
-"""The `cuda` WKV-6/WKV-5 backend (rwkv/ops/v6/cuda.py, cuda/wkv6_state.cu; docs/cuda.md).
+"""The `cuda` WKV-6/WKV-5 backend (rwkv/ops/v6/cuda.py, rwkv/ops/csrc/wkv6_state.cu; docs/cuda.md).
 
 Without a GPU the kernel ALGORITHM is validated through a step-by-step emulation of the kernel
 (tests/ops/cuda_wkv6_emulation.py) run through the real Python wrapper; explicit `cuda` on CPU tensors falls

@@ -1,4 +1,4 @@
-"""The `cuda` WKV-7 backend (rwkv/ops/v7/cuda.py, cuda/wkv7_state.cu; docs/cuda.md).
+"""The `cuda` WKV-7 backend (rwkv/ops/v7/cuda.py, rwkv/ops/csrc/wkv7_state.cu; docs/cuda.md).
 
 Without a GPU the kernel ALGORITHM is validated through a step-by-step emulation of the kernel
 (tests/ops/cuda_wkv7_emulation.py) run through the real Python wrapper; explicit `cuda` on CPU tensors falls

@@ -136,7 +136,7 @@ std::vector<at::Tensor> backward(at::Tensor r, at::Tensor w, at::Tensor k, at::T
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "RWKV-7 WKV training kernels with initial/final state (rwkv infctx trainer, cuda/)";
+  m.doc() = "RWKV-7 WKV training kernels with initial/final state (rwkv infctx trainer, rwkv/ops/csrc/)";
   m.def("forward", &forward, "wkv7_state forward -> [y, sT, snaps, sa]");
   m.def("backward", &backward, "wkv7_state backward -> [dr, dw, dk, dv, da, db, ds0]");
   m.def("head_size", &wkv7_state_head_size);

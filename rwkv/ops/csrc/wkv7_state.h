@@ -1,4 +1,4 @@
-// Host interface of the RWKV-7 training kernel with initial/final state (cuda/wkv7_state.cu).
+// Host interface of the RWKV-7 training kernel with initial/final state (rwkv/ops/csrc/wkv7_state.cu).
 //
 // Kept free of torch and CUDA headers so that the kernels compile with plain `nvcc -c` (the test
 // suite does that on machines without a GPU) and the torch binding (wkv7_state_op.cpp) needs no

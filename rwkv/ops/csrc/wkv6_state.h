@@ -1,4 +1,4 @@
-// Host interface of the RWKV-6 training kernels with initial/final state (cuda/wkv6_state.cu).
+// Host interface of the RWKV-6 training kernels with initial/final state (rwkv/ops/csrc/wkv6_state.cu).
 //
 // Free of torch and CUDA headers (see wkv7_state.h for why). Layouts, all contiguous:
 //   r, k, v, y, dy, dr, dk, dv: [B, T, H, N] in the kernel dtype (fp32 or bf16);

@@ -114,7 +114,7 @@ std::vector<at::Tensor> backward(at::Tensor r, at::Tensor w, at::Tensor k, at::T
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "RWKV-6 WKV training kernels with initial/final state (rwkv infctx trainer, cuda/)";
+  m.doc() = "RWKV-6 WKV training kernels with initial/final state (rwkv infctx trainer, rwkv/ops/csrc/)";
   m.def("forward", &forward, "wkv6_state forward -> [y, sT]");
   m.def("backward", &backward, "wkv6_state backward -> [dr, dw, dk, dv, du, ds0]");
   m.def("head_size", &wkv6_state_head_size);
