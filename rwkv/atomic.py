@@ -12,7 +12,7 @@ directories) is written next to its target under a temporary name and renamed ov
   system (the old one is moved aside, then deleted), and fsyncs the parent.
 
 A kill between the two renames of `swap_in_dir` leaves the previous version under the `old` name, which
-`rwkv.training.checkpointing.find_resume_checkpoint` recovers for checkpoints.
+`rwkv.checkpoint.resume.find_resume_checkpoint` recovers for checkpoints.
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ class RWKVCLI(LightningCLI):
     def before_fit(self) -> None:
         cfg = self.config[self.subcommand]
         if cfg.get("auto_resume") and not cfg.get("ckpt_path"):
-            from .training.checkpointing import find_resume_checkpoint
+            from .checkpoint.resume import find_resume_checkpoint
 
             ckpt = None
             for cb in self.trainer.checkpoint_callbacks:  # callbacks without a dirpath write per run version

@@ -80,7 +80,7 @@ class RWKVDeepSpeedStrategy(DeepSpeedStrategy):
 
     def save_checkpoint(self, checkpoint, filepath, storage_options=None) -> None:
         """DeepSpeed writes a directory of shards; stage it and swap it in so a kill never tears it."""
-        from .checkpointing import atomic_directory
+        from ..checkpoint.resume import atomic_directory
 
         filepath = Path(self.broadcast(str(filepath)))
         with atomic_directory(filepath, self.is_global_zero, self.barrier) as staging:

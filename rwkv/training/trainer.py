@@ -14,8 +14,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ..checkpoint.resume import AtomicCheckpointIO
 from ..errors import ConfigError
-from .checkpointing import AtomicCheckpointIO
 
 
 class RWKVTrainer(Trainer):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rwkv.checkpoint import read_training_checkpoint
-from rwkv.training.checkpointing import is_complete
+from rwkv.checkpoint.resume import is_complete
 from tests.support.runs import fit, make_config, preload, read_metrics
 
 pytestmark = pytest.mark.slow
