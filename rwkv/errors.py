@@ -19,7 +19,7 @@ class DataError(Exception):
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
-    from .checkpoint.export import ExportError
     from .checkpoint.official_pth import CheckpointMismatch
+    from .checkpoint.training_checkpoint import ExportError
 
     return (ConfigError, DataError, CheckpointMismatch, ExportError, FileNotFoundError)

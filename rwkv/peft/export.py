@@ -34,7 +34,7 @@ def load_lightning_checkpoint(path) -> dict | None:
     def load(p):  # unreadable (truncated, torn): None, and the ordinary export path says so clearly
         try:
             return torch.load(p, map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001 - any read failure is reported by rwkv.checkpoint.export
+        except Exception:  # noqa: BLE001 - any read failure is reported by rwkv.checkpoint.training_checkpoint
             return None
 
     if path.is_file() and path.suffix == ".ckpt":
@@ -46,10 +46,10 @@ def load_lightning_checkpoint(path) -> dict | None:
         client = load(states[0])
         if peft_info(client) is None:
             return None
-        from ..checkpoint.export import _deepspeed_state_dict
         from ..checkpoint.official_pth import strip_prefixes
+        from ..checkpoint.training_checkpoint import deepspeed_state_dict
 
-        return {"rwkv": client["rwkv"], "state_dict": strip_prefixes(_deepspeed_state_dict(path))}
+        return {"rwkv": client["rwkv"], "state_dict": strip_prefixes(deepspeed_state_dict(path))}
     return None
 
 
