@@ -11,7 +11,7 @@ CKPT: a Lightning .ckpt file, a DeepSpeed checkpoint directory (ZeRO 1/2/3, any 
 
 import sys
 
-from rwkv.tools.export import main
+from rwkv.tools.export_checkpoint import main
 
 if __name__ == "__main__":
     sys.exit(main())

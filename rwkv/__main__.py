@@ -21,7 +21,7 @@ COMMANDS = {
     "validate": ("rwkv.cli", True),
     "preload": ("rwkv.data.preload_cli", False),
     "init": ("rwkv.tools.init_model", False),
-    "export": ("rwkv.tools.export", False),
+    "export": ("rwkv.tools.export_checkpoint", False),
     "sample": ("rwkv.tools.sample", False),
 }
 
