@@ -13,7 +13,7 @@ from pathlib import Path
 from ..checkpoint import ExportError, export_checkpoint
 from ..checkpoint.export import DEFAULT_DTYPE, FORMATS, run_data_settings
 from ..errors import ConfigError, DataError
-from ..peft import export as peft_export
+from ..peft import merge as peft_merge
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     hf.add_argument("--eos-id", type=int, default=None,
                     help="end-of-document id the model was trained with (default: the run's data.eod_token_id, "
                     "else 0)")
-    peft_export.add_arguments(p)
+    peft_merge.add_arguments(p)
     return p
 
 
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     if args.eos_id is None:
         args.eos_id = 0
     try:
-        with peft_export.merged_source(args) as src:  # a PEFT run: merged, plus --adapter/--state
+        with peft_merge.merged_source(args) as src:  # a PEFT run: merged, plus --adapter/--state
             sd = export_checkpoint(src, args.out, dtype, fmt=args.format, tokenizer=args.tokenizer,
                                    eos_token_id=args.eos_id)
     except (ExportError, DataError, ConfigError) as e:

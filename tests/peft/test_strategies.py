@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rwkv.peft import STATE_KEY, load_state_file
-from rwkv.peft.export import load_lightning_checkpoint
+from rwkv.peft.merge import load_lightning_checkpoint
 from tests.peft.test_train import LORA, make_base
 from tests.support.runs import fit, make_config, preload, run, write_corpus
 
