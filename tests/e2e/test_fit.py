@@ -33,7 +33,7 @@ def test_fit_runs_logs_and_saves_config(trained):
     assert float(val[-1]["val/ppl"]) == pytest.approx(math.exp(float(val[-1]["val/loss"])), rel=1e-4)
     assert all(float(r["train/tok_s"]) > 0 for r in rows if r.get("train/tok_s"))
     saved = yaml.safe_load(next((tmp / "run").glob("logs/version_*/config.yaml")).read_text())
-    assert saved["model"]["bptt"] == "full"
+    assert saved["model"]["segments"]["bptt"] == "full"
     assert saved["trainer"]["microbatch_size"] == 2 and saved["data"]["tokenizer"] == "bytes"
     assert (tmp / "run" / "checkpoints" / "last.ckpt").is_file()
 
@@ -57,7 +57,7 @@ def test_print_config_and_validate(trained):
     tmp, cfg, _ = trained
     p = run(["lightning_trainer.py", "fit", "-c", str(cfg), "--print_config"])
     printed = yaml.safe_load(p.stdout)
-    assert printed["model"]["ctx_len"] == 32
+    assert printed["model"]["segments"]["ctx_len"] == 32
     assert "ctx_len" not in printed["data"] and "micro_batch_size" not in printed["data"]  # linked: stated once
     p = run(["lightning_trainer.py", "validate", "-c", str(cfg), "--ckpt_path",
              str(tmp / "run" / "checkpoints" / "last.ckpt")])
