@@ -50,4 +50,4 @@ gpu-check:
 	$(GPU_PY) bench/gpu_check.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache rwkv_infctx_trainer.egg-info
