@@ -214,6 +214,11 @@ def main(argv=None) -> int:
         export_s = run(f"export {name}", export + (["--state", str(state)] if state else []))
         skill = exact_match(run_dir / "model.pth", data / "eval.jsonl", state)
         kept = exact_match(run_dir / "model.pth", data / "base_eval.jsonl", state)
+        if state:  # an untrained state stays exactly zero (Adam moves nothing without a gradient)
+            import torch
+
+            biggest = max(float(t.abs().max()) for t in torch.load(state, weights_only=True).values())
+            print(f"{name}: largest |learned state entry| {biggest:.4g}")
         print(f"{name}: skill {skill_before[0]:.2f} -> {skill[0]:.2f} e.g. {skill[2]}; base skill "
               f"{kept_before[0]:.2f} -> {kept[0]:.2f}", flush=True)
         rows.append((name, steps_done(run_dir), fit_s, export_s, skill, kept))
