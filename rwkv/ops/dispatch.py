@@ -22,7 +22,6 @@ from collections.abc import Sequence
 
 import torch
 
-from . import build
 from .common import check_inputs, run_isolated, warn_once
 
 log = logging.getLogger("rwkv.ops")
@@ -168,6 +167,8 @@ def cpu_ready(op: str = "wkv7") -> bool:
     """True when the C library is built and `op` ("wkv7", "mix" or "keys") passed its self-check (once per
     process)."""
     if op not in _cpu_verdicts:
+        from . import build  # compiles on first use, never at import
+
         lib = build.library()
         if lib is None:
             _cpu_verdicts[op] = False
@@ -196,6 +197,8 @@ def cuda_or_fallback(op, with_fn, r, *args, state=None, reset=None, **kw):
     """Run `with_fn(ext, r, *args)` on the built extension of `op`; other head sizes than build.HEAD_SIZE and
     CPU tensors go to the oracle instead (warned once), so that `auto` never fails for a model the kernel was
     not compiled for."""
+    from . import build
+
     if r.shape[-1] != build.HEAD_SIZE or not r.is_cuda:
         warn_once(("shape", op, r.shape[-1], r.device.type),
                   "%s: the cuda kernel is compiled for head size %d on CUDA tensors; got head size "
@@ -244,6 +247,8 @@ def cuda_ready(op: str, device) -> bool:
     """True when `op`'s kernel is built and passed its self-check on `device` (cached per op, device).
 
     False at once for non-CUDA devices or without CUDA; never raises."""
+    from . import build  # builds on first use, never at import
+
     device = torch.device(device)
     if device.type != "cuda" or op not in build.EXT_OF or not torch.cuda.is_available():
         return False
