@@ -166,7 +166,7 @@ def prepare(args, work: Path) -> tuple[Path, list[dict]]:
 
 def train_and_eval(args, work: Path, cfg: Path, mode: str, held_out: list[dict]) -> dict:
     run_dir = work / mode
-    seconds = run(["lightning_trainer.py", "fit", "-c", str(cfg), f"--model.bptt={mode}",
+    seconds = run(["lightning_trainer.py", "fit", "-c", str(cfg), f"--model.segments.bptt={mode}",
                    f"--trainer.default_root_dir={run_dir}"], work / f"fit-{mode}.log", args.threads)
     run(["export_checkpoint.py", str(run_dir / "checkpoints" / "last.ckpt"), str(run_dir / "model.pth"),
          "--dtype", "fp32"], work / f"export-{mode}.log", args.threads)

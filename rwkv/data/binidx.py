@@ -185,7 +185,7 @@ def magic_prime(data_size: int, ctx_len: int) -> int:
             return p
         p -= 1
     raise DataError(f"binidx: {data_size} tokens hold fewer than 3 windows of ctx_len {ctx_len}; "
-                    "no magic_prime exists (use more data or a smaller model.ctx_len)")
+                    "no magic_prime exists (use more data or a smaller model.segments.ctx_len)")
 
 
 def check_magic_prime(p: int, data_size: int, ctx_len: int) -> str | None:

@@ -125,7 +125,7 @@ class DataConfig:
             text_rechunk_auto: Rechunk automatically when source is text.
             text_rechunk_force: Rechunk any source (packing is then off).
             packing_enable: Pack documents into rows of up to packing_max_len tokens, recording starts.
-            packing_max_len: Longest packed row in tokens (ideally a multiple of model.ctx_len).
+            packing_max_len: Longest packed row in tokens (ideally a multiple of model.segments.ctx_len).
             packing_in_sequence: Pack in dataset order (next fit) instead of best-fit-decreasing.
             sort_by_length: Sort train rows by length (then the train sampler does not shuffle).
             sort_asc: Ascending (true) or descending sort.
@@ -136,7 +136,7 @@ class DataConfig:
             seed: Seed for the test split and anything else random in the preload.
             num_proc: Tokenizer worker processes (null = CPU count); does not change the output.
             micro_batch_size: Rows per batch per rank (linked from trainer.microbatch_size).
-            ctx_len: Segment length (linked from model.ctx_len); the official sampler's window.
+            ctx_len: Segment length (linked from model.segments.ctx_len); the official sampler's window.
             auto_preload: At fit start, build a missing or stale data_path instead of stopping.
             reset_state_per_document: For packed rows, reset the recurrent state at each document.
             shuffle: Shuffle train rows each epoch (seeded by sampler_seed and the epoch).

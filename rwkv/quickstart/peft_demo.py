@@ -19,7 +19,7 @@ evaluation loads onto the base) and scored on the held-out openers, plus the bas
 a+b=" problems of the quickstart) to show what was kept.
 
 Part 2, long samples (configs/peft-demo-long-state.yaml, state tuning only): the same chats, one per row,
-with model.ctx_len 12. The first learned token of a chat sits at position >= 14, so the first segment
+with model.segments.ctx_len 12. The first learned token of a chat sits at position >= 14, so the first segment
 of every sample has no learned token: with `bptt: truncated` the learned initial state gets gradient from
 the first segment only, i.e. none, and stays the base's zero state; with `bptt: full` the later
 segments' losses reach it through the carried state (docs/tbptt.md "State tuning").
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SEED, HELD_OUT_SHARE = 0, 0.05  # the quickstart's held-out split (arithmetic.make_dataset defaults)
 PREVIOUS = 42  # the previous answer the openers refer to, never written in the data
 OPENER_HELD_OUT = 0.25  # share of (operator, operand) pairs kept out of training openers
-LONG_CTX = 12  # model.ctx_len of configs/peft-demo-long-state.yaml: shorter than any opener's prompt
+LONG_CTX = 12  # model.segments.ctx_len of configs/peft-demo-long-state.yaml: shorter than any opener's prompt
 MAX_OPERAND = 99
 
 
@@ -154,8 +154,8 @@ RUNS = {
     "full": ("configs/peft-demo-full.yaml", []),
     "lora": ("configs/peft-demo-lora.yaml", []),
     "state": ("configs/peft-demo-state.yaml", []),
-    "long-full": ("configs/peft-demo-long-state.yaml", ["--model.bptt=full"]),
-    "long-truncated": ("configs/peft-demo-long-state.yaml", ["--model.bptt=truncated"]),
+    "long-full": ("configs/peft-demo-long-state.yaml", ["--model.segments.bptt=full"]),
+    "long-truncated": ("configs/peft-demo-long-state.yaml", ["--model.segments.bptt=truncated"]),
 }
 
 

@@ -65,7 +65,7 @@ def bptt_groups(n_real: int, bptt, n_total: int | None = None) -> list[list[int]
     elif isinstance(bptt, int) and not isinstance(bptt, bool) and bptt >= 0:
         K = bptt
     else:
-        raise ValueError(f"model.bptt must be 'truncated', 'full' or an integer ≥ 0, got {bptt!r}")
+        raise ValueError(f"model.segments.bptt must be 'truncated', 'full' or an integer ≥ 0, got {bptt!r}")
     e = min(K + 1, n_total)
     if n_real >= e:
         return ([[i] for i in range(n_real - e)] + [list(range(n_real - e, n_real))]

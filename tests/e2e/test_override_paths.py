@@ -24,7 +24,7 @@ CPU_OVERRIDES = [
     "--trainer.microbatch_size", "2", "--trainer.target_batch_size", "2", "--trainer.max_steps", "2",
     "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "0",
     "--model.load_model", "null", "--model.version", "x070", "--model.n_layer", "2", "--model.n_embd", "64",
-    "--model.head_size", "16", "--model.ctx_len", "32", "--model.grad_cp", "false",
+    "--model.head_size", "16", "--model.segments.ctx_len", "32", "--model.segments.grad_cp", "false",
 ]
 
 

@@ -123,7 +123,7 @@ def test_segment_bounds_and_groups():
     for n_real in range(1, 6):  # forward calls n_total + K whatever the real length
         groups = bptt_groups(n_real, 2, 5)
         assert sum(2 * len(g) - 1 for g in groups) == 5 + 2
-    with pytest.raises(ValueError, match="model.bptt"):
+    with pytest.raises(ValueError, match="model.segments.bptt"):
         bptt_groups(4, "exact")
 
 
