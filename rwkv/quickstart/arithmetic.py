@@ -31,10 +31,6 @@ QUESTIONS = [  # (user text, assistant text); {q} = "a+b" / "a-b", {w} = "a plus
 # How often each phrasing is drawn. The evaluation's own phrasing ("a+b=") is the shortest and most
 # frequent: more problems per trained token; the others keep the variety (docs/benchmarks.md "Quickstart").
 QUESTION_WEIGHTS = (4, 1.5, 1.5, 1.5, 1.5)
-# Operators of the fresh problems, "+" : "-". Subtraction is the harder half (borrows, negative results):
-# with 1:1 a 6-minute run got 99 % of held-out additions but 87 % of subtractions right, nearly all of the
-# misses one off in a borrowed digit (docs/benchmarks.md "Quickstart"). The evaluation stays 1:1.
-OP_WEIGHTS = (1, 2)
 FOLLOW_UPS = [  # continue from the previous answer ({a} = that answer)
     ("And {o}{b}?", "{c}"),
     ("Then {w2} {b}.", "{c}"),
@@ -62,14 +58,14 @@ def eval_prompt(q: str) -> str:
 
 
 def make_dataset(out_dir: Path, max_operand: int = 99, n_train: int = 100000, n_eval: int = 500, seed: int = 0,
-                 held_out_share: float = 0.05, question_weights=QUESTION_WEIGHTS, op_weights=OP_WEIGHTS) -> dict:
+                 held_out_share: float = 0.05, question_weights=QUESTION_WEIGHTS) -> dict:
     """Write train.jsonl (chat `messages`) and eval.jsonl ({prompt, answer}); returns counts."""
     rng = random.Random(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def problem():
         while True:
-            a, b, op = rng.randint(0, max_operand), rng.randint(0, max_operand), rng.choices("+-", op_weights)[0]
+            a, b, op = rng.randint(0, max_operand), rng.randint(0, max_operand), rng.choice("+-")
             if not is_held_out(a, op, b, seed, held_out_share):
                 return a, op, b
 
