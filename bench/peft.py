@@ -10,7 +10,7 @@ checkpoint holds (the trainable tensors + the optimizer state; for PEFT runs the
 
     python bench/peft.py                 # all three, 3 steps each
     python bench/peft.py --steps 5 --configs lora state
-    python bench/peft.py --grad_cp       # with model.grad_cp (the shipped PEFT configs use it)
+    python bench/peft.py --grad_cp       # with model.segments.grad_cp (the shipped PEFT configs use it)
 """
 
 from __future__ import annotations
@@ -38,12 +38,15 @@ def child(args) -> None:
 
     from rwkv.model import RWKVConfig, build_model
     from rwkv.peft import apply_peft, count_params, parse_peft, peft_param_groups
-    from rwkv.training.cpu_alloc import tune_cpu_allocator
+    from rwkv.training.cpu_alloc import prefer_low_memory, tune_cpu_allocator
     from rwkv.training.loss import head_ce_l2wrap
     from rwkv.training.optim import build_optimizer, param_groups
     from rwkv.training.segments import run_sample
 
     tune_cpu_allocator()  # as lightning_trainer.py does
+    # PEFT runs switch to the memory-lean allocator setting (rwkv.peft.training.setup); --alloc overrides
+    if args.alloc == "lean" or (args.alloc == "trainer" and CONFIGS[args.config] is not None):
+        prefer_low_memory()
     torch.manual_seed(0)
     cfg = RWKVConfig(n_layer=args.n_layer, n_embd=args.n_embd, head_size=64, vocab_size=args.vocab)
     model = build_model(cfg, grad_cp=args.grad_cp)
@@ -100,8 +103,11 @@ def main() -> None:
     p.add_argument("--n_embd", type=int, default=768)
     p.add_argument("--vocab", type=int, default=65536)
     p.add_argument("--ctx", type=int, default=512)
-    p.add_argument("--grad_cp", action="store_true", help="recompute each block in backward (model.grad_cp, as the "
-                   "shipped LoRA / state-tuning configs do)")
+    p.add_argument("--grad_cp", action="store_true", help="recompute each block in backward "
+                   "(model.segments.grad_cp, as the shipped LoRA / state-tuning configs do)")
+    p.add_argument("--alloc", default="trainer", choices=["trainer", "reuse", "lean"],
+                   help="CPU allocator setting: as the trainer picks it (lean for PEFT, page reuse for full), or "
+                   "one of them for every configuration (rwkv/training/cpu_alloc.py)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args()
     if args.child:
@@ -113,6 +119,7 @@ def main() -> None:
         cmd = [sys.executable, "-P", __file__, "--child", "--config", c, "--steps", str(args.steps), "--n_layer",
                str(args.n_layer), "--n_embd", str(args.n_embd), "--vocab", str(args.vocab), "--ctx", str(args.ctx)]
         cmd += ["--grad_cp"] if args.grad_cp else []
+        cmd += ["--alloc", args.alloc]
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         if out.returncode != 0:
             sys.exit(f"{c} failed:\n{out.stderr[-3000:]}")
@@ -120,7 +127,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), file=sys.stderr)
     full = next((r for r in rows if r["config"] == "full"), None)
     print(f"x070 L{args.n_layer}-D{args.n_embd} vocab {args.vocab} ctx {args.ctx}, {args.steps} steps, "
-          f"grad_cp {args.grad_cp}, {os.cpu_count()} CPUs, torch threads default")
+          f"grad_cp {args.grad_cp}, allocator {args.alloc}, {os.cpu_count()} CPUs, torch threads default")
     print("| run | trainable params | RSS before step 1 | peak RSS | step time | checkpoint |"
           + (" RSS / full | ckpt / full |" if full else ""))
     print("|---|---|---|---|---|---|" + ("---|---|" if full else ""))

@@ -32,6 +32,10 @@ def setup(model, hparams):
         raise ConfigError("model.peft needs model.load_model: the base .pth the adapters and states apply to")
     apply_peft(model, spec)
     model.peft_spec = spec
+    # host memory: activations by mmap, not from a fragmenting heap (rwkv/training/cpu_alloc.py says why)
+    from ..training.cpu_alloc import prefer_low_memory
+
+    prefer_low_memory()
     return model
 
 

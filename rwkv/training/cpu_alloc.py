@@ -45,3 +45,27 @@ def tune_cpu_allocator() -> bool:
         log.info("mallopt refused the CPU allocator settings; keeping the defaults")
     _done = ok
     return ok
+
+
+# Memory-lean setting (rwkv/peft): every allocation from 1 MiB up (a [T, C] activation at T·C ≥ 256 Ki) is
+# its own mmap, returned to the OS on free.
+LEAN_MMAP_THRESHOLD = 1 << 20
+
+
+def prefer_low_memory() -> bool:
+    """For runs whose point is a small footprint (PEFT). With the heap settings above, a training step's
+    activations and gradients come from the heap in an interleaved alloc/free order, and the freed holes
+    between tensors that are still alive are mostly not reusable: at the 0.1B World shape (ctx 512, a LoRA
+    step) the heap held 0.5 GiB free but unusable at the end of the first forward and 1.0 GiB at the
+    second, on top of 1.5 GiB alive (mallinfo2). Serving them by mmap leaves RSS ≈ the memory alive, at the
+    cost of page faults on every step (docs/benchmarks.md "PEFT"). False where libc is not glibc."""
+    global _done
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = mallopt(M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, LEAN_MMAP_THRESHOLD) == 1
+    _done = _done or ok  # a later tune_cpu_allocator() must not undo it
+    return ok
