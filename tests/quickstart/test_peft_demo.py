@@ -62,7 +62,7 @@ def test_chats_open_on_the_implicit_answer_and_exclude_held_out(tmp_path):
 def test_long_samples_learn_nothing_in_the_first_segment(tmp_path):
     make_data(tmp_path, n_train=300, n_base_eval=10)
     cfg = load("peft-demo-long-state")
-    assert cfg["model"]["ctx_len"] == LONG_CTX and not cfg["data"]["packing_enable"]
+    assert cfg["model"]["segments"]["ctx_len"] == LONG_CTX and not cfg["data"]["packing_enable"]
     data = DataConfig(**cfg["data"])
     fmt = RecordFormatter(data, get_tokenizer(data.tokenizer), ["messages"])
     records = [json.loads(line)["messages"] for line in open(tmp_path / "train.jsonl")]
