@@ -1,10 +1,12 @@
 """`RWKVCLI`: the LightningCLI behind `python lightning_trainer.py fit|validate -c cfg.yaml` (docs/design.md §4).
 
 The model class (RWKVLitModule) and data class (RWKVDataModule) are fixed, so YAML says
-`model: {n_layer: …, segments: {…}, optimizer: {…}}` and `data: {…}`. Values are stated once and linked:
-the tokenizer's vocab goes to the model, `model.segments.ctx_len` to the data (official sampler windows),
-`trainer.microbatch_size` to the data loader. Keys that moved into a group are still accepted in their old
-place, in YAML files and on the command line, with one warning each (rwkv/moved_keys.py).
+`model: {n_layer: …, segments: {…}, optimizer: {…}}` and `data: {data_path: …, origin: {…}, format: {…},
+rows: {…}, loader: {…}}`. Values are stated once and linked: the tokenizer's vocab goes to the model,
+`model.segments.ctx_len` to the data (official sampler windows), `trainer.microbatch_size` to the data loader.
+A link's target (`data.ctx_len`, `data.micro_batch_size`) is no key of the fit config, so each value has one
+spelling. Keys that moved into a group are still accepted in their old place, in YAML files and on the
+command line, with one warning each (rwkv/moved_keys.py).
 `fit --auto_resume true` resumes from the newest complete checkpoint when one exists.
 """
 
@@ -16,6 +18,7 @@ import sys
 from jsonargparse import Namespace, get_loader, set_loader
 from lightning.pytorch.cli import LightningCLI
 
+from .data.config import MOVED as DATA_MOVED
 from .data.datamodule import RWKVDataModule
 from .moved_keys import regroup, regroup_argv
 from .training.config import MOVED as MODEL_MOVED
@@ -35,7 +38,7 @@ TRAINER_DEFAULTS = {
 #: jsonargparse loader mode for our YAML: plain YAML, with moved keys put in their groups
 PARSER_MODE = "rwkv_yaml"
 #: section → {old flat key: its group}
-MOVED_KEYS = {"model": MODEL_MOVED}
+MOVED_KEYS = {"model": MODEL_MOVED, "data": DATA_MOVED}
 
 
 def _load_regrouped(text: str):

@@ -65,6 +65,15 @@ def test_every_config_parses(parsed):
 
 
 def test_configs_use_the_grouped_keys(parsed):
-    """Shipped configs show the current layout: no key that moved into a group (rwkv/moved_keys.py)."""
+    """Shipped configs show the current layout: no key that moved into a group (rwkv/moved_keys.py), in `model:`
+    or in `data:`, where only data_path and the linked keys stay at the top."""
     for path, messages in parsed["moved"].items():
         assert not messages, f"{path}: {messages}"
+    from rwkv.cli import MOVED_KEYS
+    from rwkv.data.config import GROUPS, TOP_KEYS
+
+    assert set(MOVED_KEYS) == {"model", "data"}
+    for path in CONFIGS:
+        data = yaml.safe_load(path.read_text())["data"]
+        assert set(data) <= {"data_path", *GROUPS}, (path, data)
+        assert {k for g in GROUPS for k in data.get(g) or {}} <= set(MOVED_KEYS["data"]) - set(TOP_KEYS), path

@@ -21,7 +21,7 @@ DEFAULT_DTYPE = {"pth": "bf16", "hf": "bf16", "safetensors": "fp16"}
 
 
 def run_data_settings(ckpt) -> tuple[dict, Path] | None:
-    """`data.tokenizer` / `data.eod_token_id` of the run that wrote `ckpt`, and the file they come from:
+    """`data.format.tokenizer` / `data.format.eod_token_id` of the run that wrote `ckpt`, and the file they come from:
     Lightning saves the resolved config as <root>/logs/version_*/config.yaml beside <root>/checkpoints/
     (the newest is taken). None when `ckpt` does not sit in such a run directory."""
     path = Path(ckpt)
@@ -36,6 +36,8 @@ def run_data_settings(ckpt) -> tuple[dict, Path] | None:
         data = (yaml.safe_load(configs[-1].read_text()) or {}).get("data") or {}
     except (OSError, yaml.YAMLError, AttributeError):
         return None
+    if isinstance(data.get("format"), dict):  # data.format.KEY since the data groups; older runs: data.KEY
+        data = data["format"]
     found = {k: data[k] for k in ("tokenizer", "eod_token_id") if k in data}
     return (found, configs[-1]) if found else None
 

@@ -4,7 +4,9 @@ the fit config -> data on disk.
 Reads only `data:` (the model/trainer/optimizer sections of the same YAML are ignored), applies
 command-line overrides as LightningCLI would, validates against the `DataConfig` signature with
 jsonargparse (the very signature LightningCLI uses for `RWKVDataModule`), and runs the preload.
-No Lightning import: a cache hit returns in well under 2 s.
+No Lightning import: a cache hit returns in well under 2 s. Keys that moved into a group (`data.tokenizer`,
+now `data.format.tokenizer`) are accepted in their old place, in the file and on the command line, with
+one warning each, as by the fit CLI (rwkv/moved_keys.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import sys
 from pathlib import Path
 
 from ..errors import DataError
-from .config import DataConfig
+from ..moved_keys import regroup, regroup_argv
+from .config import MOVED, DataConfig
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -39,7 +42,8 @@ def _key_lines(text: str) -> dict[str, int]:
 
 
 def data_section(path: str) -> tuple[dict, dict[str, int], str]:
-    """(data dict, key -> line, prefix of the data keys in the file) from a LightningCLI YAML."""
+    """(data dict as the file states it, key -> line, prefix of the data keys in the file) from a LightningCLI
+    YAML. Old flat keys are still in their old place here: `_regrouped` moves them."""
     import yaml
 
     try:
@@ -62,7 +66,22 @@ def data_section(path: str) -> tuple[dict, dict[str, int], str]:
         raise DataError(f"{path}: no data: section (preload_datapath.py builds what data: describes)")
     if "init_args" in data or "class_path" in data:
         data, prefix = data.get("init_args") or {}, prefix + ".init_args"
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: {prefix} must be a mapping of data keys")
     return data, _key_lines(text), prefix
+
+
+def _regrouped(data: dict, flat: set[str]) -> dict:
+    """`data` with old flat keys moved into their groups (one warning each); their names go into `flat`."""
+    flat.update(k for k in data if k in MOVED)
+    return regroup("data", data, MOVED)
+
+
+def _as_written(key: str, flat: set[str]) -> str:
+    """An error's key as the user wrote it: `conversation_format` for `format.conversation_format` when the
+    config or command line used the old flat place, so that the message matches the text it points at."""
+    group, _, name = key.rpartition(".")
+    return name if group and MOVED.get(name) == group and name in flat else key
 
 
 def _explain(msg: str) -> tuple[str | None, str]:
@@ -93,6 +112,8 @@ def load_data_config(path: str) -> DataConfig:
     from jsonargparse import ArgumentParser
 
     data, lines, prefix = data_section(path)
+    flat: set[str] = set()
+    data = _regrouped(data, flat)
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(DataConfig, "data")
     try:
@@ -101,6 +122,7 @@ def load_data_config(path: str) -> DataConfig:
         key, reason = _explain(str(e))
         if key is None:
             raise DataError(f"{path}: {prefix}: {reason}") from None
+        key = _as_written(key, flat)
         line = lines.get(f"{prefix}.{key}")
         where = f"{path}, line {line}" if line else path
         raise DataError(f"{where}: {prefix}.{key}: {reason}") from None
@@ -132,16 +154,22 @@ def parse_command_line(argv: list[str]) -> tuple[DataConfig, bool]:
 
     parser = _script_parser()
     from_file = bool(argv) and not argv[0].startswith("-")
+    flat: set[str] = set()
+    given = [a.partition("=")[0][len("--data."):] for a in argv if a.startswith("--data.")]
+    flat.update(k for k in given if k in MOVED)
+    argv = regroup_argv(argv, "data", MOVED)
     if from_file:
         data, _, _ = data_section(argv[0])
-        argv = ["--data", yaml.safe_dump(data)] + argv
+        argv = ["--data", yaml.safe_dump(_regrouped(data, set()))] + argv
     try:
         ns = parser.parse_args(argv)
     except Exception as e:  # jsonargparse.ArgumentError
         if from_file:
             load_data_config(argv[2])  # a problem in the file: report it with its file and line
         key, reason = _explain(str(e))
-        raise DataError(f"command line: data.{key}: {reason}" if key else f"command line: {reason}") from None
+        if key is None:
+            raise DataError(f"command line: {reason}") from None
+        raise DataError(f"command line: data.{_as_written(key, flat)}: {reason}") from None
     try:
         return DataConfig(**ns.data.as_dict()), bool(ns.force)
     except DataError as e:

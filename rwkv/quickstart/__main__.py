@@ -77,8 +77,8 @@ def main(argv=None) -> int:
     out = ROOT / args.out
     counts = make_dataset(data_dir, max_operand=args.max_operand, n_eval=args.n_eval)
     print(f"generated {counts['train']} training dialogues and {counts['eval']} held-out problems in {data_dir}")
-    overrides = [f"--data.source_data_files={data_dir / 'train.jsonl'}", f"--data.data_path={data_dir / 'tokens'}",
-                 f"--trainer.default_root_dir={out}", *extra]
+    overrides = [f"--data.origin.source_data_files={data_dir / 'train.jsonl'}",
+                 f"--data.data_path={data_dir / 'tokens'}", f"--trainer.default_root_dir={out}", *extra]
     step("preload", ["preload_datapath.py", args.config, *[o for o in overrides if o.startswith("--data.")]])
     minutes = int(args.minutes)
     seconds = round((args.minutes - minutes) * 60)

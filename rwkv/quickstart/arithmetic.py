@@ -8,7 +8,7 @@ operator on the same two operands in the other order, in any phrasing (follow-up
 evaluation measures arithmetic, not recall. Evaluation asks in one phrasing:
     "Q: {a}{op}{b}=\n\nA:"  ->  " {answer}"
 
-The chat labels are `Q`/`A` (data.conversation_role_map in configs/quickstart.yaml), not the long
+The chat labels are `Q`/`A` (data.format.conversation_role_map in configs/quickstart.yaml), not the long
 "User:"/"Assistant:" of World models: the masked "\n\nAssistant: " puts 13 tokens between the question
 and the first answer digit, across which a tiny model must carry its result, and it doubles the tokens per
 problem. Measured with the same model, batch and 4.5 minutes of training: 0.53 exact-match with Q/A, 0.01

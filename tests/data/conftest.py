@@ -15,7 +15,8 @@ def _quiet_datasets():
 
 @pytest.fixture
 def build(tmp_path):
-    """build(**data_keys) -> (cfg, manifest, DatasetDict); bytes tokenizer and 1 process by default."""
+    """build(**data_keys) -> (cfg, manifest, DatasetDict); keys by name (DataConfig.from_keys), bytes tokenizer and
+    1 process by default."""
     import datasets
 
     from rwkv.data.config import DataConfig
@@ -26,7 +27,7 @@ def build(tmp_path):
         kw.setdefault("tokenizer", "bytes")
         kw.setdefault("num_proc", 1)
         kw.setdefault("test_split", 0)
-        cfg = DataConfig(**kw)
+        cfg = DataConfig.from_keys(**kw)
         manifest = preload(cfg, progress=lambda m: None)
         return cfg, manifest, datasets.load_from_disk(cfg.data_path)
 

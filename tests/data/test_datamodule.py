@@ -2,12 +2,15 @@
 (padding, loss_mask, reset at document starts), per-rank sampling and the official sampler."""
 
 import inspect
+import re
+from dataclasses import fields
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from rwkv.data.config import GROUPS
 from rwkv.data.datamodule import RWKVDataModule
 from rwkv.errors import DataError
 from tests.data.util import write_jsonl
@@ -31,25 +34,38 @@ def corpus(tmp_path):
 def dm_for(tmp_path, corpus_path, **kw):
     base = dict(data_path=str(tmp_path / "data"), source="json", source_data_files=str(corpus_path),
                 tokenizer="bytes", num_proc=1, test_split=4)
-    return RWKVDataModule(**{**base, **kw})
+    return RWKVDataModule.from_keys(**{**base, **kw})
+
+
+def schema() -> dict:
+    """Every key of the `data:` section -> (default, the docstring that documents it): the signature's
+    top-level keys and the fields of its groups (rwkv/data/config.py)."""
+    init_doc = inspect.getdoc(RWKVDataModule.__init__)
+    out = {k: (p.default, init_doc) for k, p in inspect.signature(RWKVDataModule).parameters.items()
+           if k not in GROUPS and p.kind is not p.VAR_KEYWORD}
+    for cls in GROUPS.values():
+        out.update({f.name: (f.default, inspect.getdoc(cls)) for f in fields(cls)})
+    return out
 
 
 def test_signature_is_the_schema():
     sig = inspect.signature(RWKVDataModule)
-    missing = [k for k in REQUIRED_KEYS if k not in sig.parameters]
+    keys = schema()
+    missing = [k for k in REQUIRED_KEYS if k not in keys]
     assert not missing
-    assert sig.parameters["micro_batch_size"].default == 1 and sig.parameters["ctx_len"].default == 4096
-    assert sig.parameters["auto_preload"].default is False
-    assert sig.parameters["reset_state_per_document"].default is True
+    assert keys["micro_batch_size"][0] == 1 and keys["ctx_len"][0] == 4096
+    assert keys["auto_preload"][0] is False
+    assert keys["reset_state_per_document"][0] is True
     doc = inspect.getdoc(RWKVDataModule.__init__)
     assert all(f"{k}:" in doc for k in sig.parameters)  # one docstring line per key
+    assert all(re.search(rf"^\s*{k}:", d, re.M) for k, (_, d) in keys.items())  # and per group key
     assert RWKVDataModule.config_path is None
 
 
 def test_vocab_size_is_cheap_and_right():
     assert RWKVDataModule(data_path="x").vocab_size == 65536
-    assert RWKVDataModule(data_path="x", tokenizer="bytes").vocab_size == 320
-    assert RWKVDataModule(data_path="x", tokenizer="neox").vocab_size == 50304
+    assert RWKVDataModule.from_keys(data_path="x", tokenizer="bytes").vocab_size == 320
+    assert RWKVDataModule.from_keys(data_path="x", tokenizer="neox").vocab_size == 50304
 
 
 def test_missing_data_names_the_preload_command(tmp_path, corpus):
@@ -161,9 +177,9 @@ def test_official_sampler_batches(tmp_path):
 
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": "abcdefghij" * (i + 1)} for i in range(40)])
     make_data(str(src), str(tmp_path / "bin"), copies=2, tokenizer="bytes", log=lambda s: None)
-    dm = RWKVDataModule(data_path=str(tmp_path / "unused"), source="binidx",
-                        source_data_files=str(tmp_path / "bin"), tokenizer="bytes", sampler="official",
-                        ctx_len=16, micro_batch_size=4, epoch_begin=1)
+    dm = RWKVDataModule.from_keys(data_path=str(tmp_path / "unused"), source="binidx",
+                                  source_data_files=str(tmp_path / "bin"), tokenizer="bytes", sampler="official",
+                                  ctx_len=16, micro_batch_size=4, epoch_begin=1)
     dm.prepare_data()
     dm.setup("fit")
     dl = dm.train_dataloader()

@@ -16,8 +16,8 @@ from tests.data.util import write_jsonl
 
 
 def _cfg(tmp_path, files, **kw):
-    return DataConfig(data_path=str(tmp_path / "out"), source=kw.pop("source", "json"),
-                      source_data_files=files, tokenizer="bytes", **kw)
+    return DataConfig.from_keys(data_path=str(tmp_path / "out"), source=kw.pop("source", "json"),
+                                source_data_files=files, tokenizer="bytes", **kw)
 
 
 def _direct(cfg):

@@ -21,7 +21,7 @@ def fails(tmp_path, match, **kw):
     kw.setdefault("num_proc", 1)
     out = tmp_path / "out"
     with pytest.raises(DataError, match=match) as e:
-        preload(DataConfig(data_path=str(out), **kw), progress=lambda s: None)
+        preload(DataConfig.from_keys(data_path=str(out), **kw), progress=lambda s: None)
     assert not out.exists(), "a failed preload must not write data_path"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")], "temp dirs left behind"
     return str(e.value)
@@ -45,8 +45,8 @@ def test_mixed_types_name_the_line_and_key(tmp_path):
           source_data_files=str(p))
     # a column the format does not read may mix types freely (datasets stores it as JSON)
     p = write_jsonl(tmp_path / "d.jsonl", [{"text": "a b", "meta": {"k": 1}}, {"text": "c d", "meta": "x"}])
-    preload(DataConfig(data_path=str(tmp_path / "ok"), source="json", source_data_files=str(p),
-                       tokenizer="bytes", num_proc=1, test_split=0), progress=lambda s: None)
+    preload(DataConfig.from_keys(data_path=str(tmp_path / "ok"), source="json", source_data_files=str(p),
+                                 tokenizer="bytes", num_proc=1, test_split=0), progress=lambda s: None)
 
 
 def test_wrong_type_everywhere_names_file_and_line(tmp_path):
@@ -133,13 +133,13 @@ def test_unknown_or_missing_tokenizer(tmp_path):
 
 def test_unknown_format_option_and_bad_values():
     with pytest.raises(DataError, match="data.conversation_format: unknown format 'chatml'"):
-        DataConfig(data_path="x", conversation_format="chatml")
+        DataConfig.from_keys(data_path="x", conversation_format="chatml")
     with pytest.raises(DataError, match="data.sampler: `official` reads a binidx source"):
-        DataConfig(data_path="x", source="json", sampler="official")
+        DataConfig.from_keys(data_path="x", source="json", sampler="official")
     with pytest.raises(DataError, match="data.multi_column_prefix: has 1 entries but multi_column_keys"):
-        DataConfig(data_path="x", multi_column_keys=["a", "b"], multi_column_prefix=["x"])
+        DataConfig.from_keys(data_path="x", multi_column_keys=["a", "b"], multi_column_prefix=["x"])
     with pytest.raises(DataError, match="data.test_split: 2.5 is neither"):
-        DataConfig(data_path="x", test_split=2.5)
+        DataConfig.from_keys(data_path="x", test_split=2.5)
 
 
 def test_only_the_datamodule_imports_lightning():

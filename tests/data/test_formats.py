@@ -13,7 +13,7 @@ from tests.data.util import learned_text, text_of
 
 def run(records, **kw):
     cols = sorted({k for r in records for k in r})
-    cfg = DataConfig(data_path="unused", **kw)
+    cfg = DataConfig.from_keys(data_path="unused", **kw)
     fmt = RecordFormatter(cfg, get_tokenizer("bytes"), cols)
     batch = {c: [r.get(c) for r in records] for c in fmt.columns}
     flat, mask, off, learned = fmt(batch, 0)
@@ -161,9 +161,9 @@ def test_learned_counts_match_the_masks(eod):
     pick = lambda: rng.choice(["", "a", "bc", "def g"])  # noqa: E731
     records = [{"q": pick(), "x": pick(), "a": pick()} for _ in range(300)]
     cols = ["a", "q", "x"]
-    cfg = DataConfig(data_path="unused", multi_column_keys=["q", "x", "a"],
-                     multi_column_train_mask=[False, True, False], multi_column_separator="|",
-                     eod_token_id=eod)
+    cfg = DataConfig.from_keys(data_path="unused", multi_column_keys=["q", "x", "a"],
+                               multi_column_train_mask=[False, True, False], multi_column_separator="|",
+                               eod_token_id=eod)
     fmt = RecordFormatter(cfg, get_tokenizer("bytes"), cols)
     flat, mask, off, learned = fmt({c: [r[c] for r in records] for c in cols}, 0)
     assert len(flat) == len(mask) == off[-1]

@@ -147,7 +147,7 @@ def test_cache_hit_does_not_rebuild_and_any_change_does(build, corpus):
     cfg, m1, _ = build(**kw)
     ino = os.stat(cfg.data_path).st_ino
     msgs = []
-    m2 = preload(DataConfig(**{**cfg.to_dict(), "micro_batch_size": 8, "shuffle": False, "num_proc": 2}),
+    m2 = preload(DataConfig.from_keys(**{**cfg.to_dict(), "micro_batch_size": 8, "shuffle": False, "num_proc": 2}),
                  progress=msgs.append)  # loader-only keys and num_proc are not part of the key
     assert m2["created"] == m1["created"] and os.stat(cfg.data_path).st_ino == ino
     assert "cache hit" in msgs[0] and data_status(cfg)[0] == "ok"
@@ -161,7 +161,7 @@ def test_cache_hit_does_not_rebuild_and_any_change_does(build, corpus):
     _, m4, _ = build(**{**kw, "test_split": 3})
     assert m4["hash"] != m3["hash"]
     # so does another tokenizer
-    assert data_status(DataConfig(**{**cfg3.to_dict(), "tokenizer": "world"}))[0] == "stale"
+    assert data_status(DataConfig.from_keys(**{**cfg3.to_dict(), "tokenizer": "world"}))[0] == "stale"
 
 
 def test_num_proc_does_not_change_output(build, corpus, tmp_path):
@@ -199,8 +199,8 @@ def test_foreign_data_path_is_refused(tmp_path, corpus):
     target = tmp_path / "mydir"
     target.mkdir()
     (target / "precious.txt").write_text("do not delete")
-    cfg = DataConfig(data_path=str(target), source="json", source_data_files=str(path), tokenizer="bytes",
-                     num_proc=1)
+    cfg = DataConfig.from_keys(data_path=str(target), source="json", source_data_files=str(path), tokenizer="bytes",
+                               num_proc=1)
     with pytest.raises(DataError, match="was not written by preload_datapath.py"):
         preload(cfg, progress=lambda s: None)
     assert (target / "precious.txt").read_text() == "do not delete"
@@ -232,4 +232,4 @@ def test_fit_machine_without_the_sources_checks_the_config_only(build, corpus):
     path.rename(path.with_suffix(".moved"))
     with pytest.warns(UserWarning, match="cannot check the source files"):
         assert data_status(cfg)[0] == "ok"
-    assert data_status(DataConfig(**{**cfg.to_dict(), "test_split": 1}))[0] == "stale"
+    assert data_status(DataConfig.from_keys(**{**cfg.to_dict(), "test_split": 1}))[0] == "stale"

@@ -47,8 +47,8 @@ def test_class_path_init_args_form_is_accepted(tmp_path):
 
 
 def test_script_prints_one_line_error_without_traceback(tmp_path):
-    p = _yaml(tmp_path, f"  data_path: {tmp_path / 'out'}\n  source: json\n"
-                        f"  source_data_files: {tmp_path / 'missing.jsonl'}\n")
+    p = _yaml(tmp_path, f"  data_path: {tmp_path / 'out'}\n  origin:\n    source: json\n"
+                        f"    source_data_files: {tmp_path / 'missing.jsonl'}\n")
     proc = subprocess.run([sys.executable, "preload_datapath.py", str(p)], cwd=ROOT, capture_output=True,
                           text=True, env={"PYTHONPATH": str(ROOT), "HF_DATASETS_OFFLINE": "1", "PATH": ""})
     assert proc.returncode == 2

@@ -34,7 +34,7 @@ def test_fit_runs_logs_and_saves_config(trained):
     assert all(float(r["train/tok_s"]) > 0 for r in rows if r.get("train/tok_s"))
     saved = yaml.safe_load(next((tmp / "run").glob("logs/version_*/config.yaml")).read_text())
     assert saved["model"]["segments"]["bptt"] == "full"
-    assert saved["trainer"]["microbatch_size"] == 2 and saved["data"]["tokenizer"] == "bytes"
+    assert saved["trainer"]["microbatch_size"] == 2 and saved["data"]["format"]["tokenizer"] == "bytes"
     assert (tmp / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
@@ -73,6 +73,6 @@ def test_fit_without_preload_names_the_command(tmp_path):
 
 
 def test_auto_preload(tmp_path):
-    cfg = make_config(tmp_path, {"data": {"auto_preload": True}, "trainer": {"max_steps": 1}})
+    cfg = make_config(tmp_path, {"data": {"loader": {"auto_preload": True}}, "trainer": {"max_steps": 1}})
     fit(cfg)
     assert (tmp_path / "data").is_dir()

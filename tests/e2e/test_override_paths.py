@@ -37,8 +37,8 @@ def write_chats(path, n=24):
 
 
 def data_args(tmp):
-    return ["--data.source_data_files", str(write_chats(tmp / "chat.jsonl")), "--data.data_path",
-            str(tmp / "my data"), "--data.test_split", "2", "--data.num_proc", "1"]
+    return ["--data.origin.source_data_files", str(write_chats(tmp / "chat.jsonl")), "--data.data_path",
+            str(tmp / "my data"), "--data.rows.test_split", "2", "--data.rows.num_proc", "1"]
 
 
 @pytest.mark.slow

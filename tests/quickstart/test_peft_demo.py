@@ -62,7 +62,7 @@ def test_chats_open_on_the_implicit_answer_and_exclude_held_out(tmp_path):
 def test_long_samples_learn_nothing_in_the_first_segment(tmp_path):
     make_data(tmp_path, n_train=300, n_base_eval=10)
     cfg = load("peft-demo-long-state")
-    assert cfg["model"]["segments"]["ctx_len"] == LONG_CTX and not cfg["data"]["packing_enable"]
+    assert cfg["model"]["segments"]["ctx_len"] == LONG_CTX and not cfg["data"]["rows"]["packing_enable"]
     data = DataConfig(**cfg["data"])
     fmt = RecordFormatter(data, get_tokenizer(data.tokenizer), ["messages"])
     records = [json.loads(line)["messages"] for line in open(tmp_path / "train.jsonl")]
@@ -81,6 +81,6 @@ def test_demo_configs_share_data_and_budget():
         assert {k: v for k, v in cfg["trainer"].items() if k != "default_root_dir"} == \
             {k: v for k, v in full["trainer"].items() if k != "default_root_dir"}
         assert cfg["model"]["load_model"] == full["model"]["load_model"] == long["model"]["load_model"]
-    assert long["data"]["source_data_files"] == full["data"]["source_data_files"]
+    assert long["data"]["origin"]["source_data_files"] == full["data"]["origin"]["source_data_files"]
     assert "peft" not in full["model"] and lora["model"]["peft"]["lora"] and state["model"]["peft"]["state_tuning"]
     assert long["model"]["peft"] == {"state_tuning": True, "state_lr": state["model"]["peft"]["state_lr"]}

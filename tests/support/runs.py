@@ -39,7 +39,7 @@ def make_config(tmp: Path, overrides: dict | None = None, base: str = "configs/t
     """The base config with temporary data/run paths and `overrides` merged in."""
     cfg = yaml.safe_load((ROOT / base).read_text())
     corpus = corpus or write_corpus(tmp / "corpus.jsonl")
-    deep_update(cfg, {"data": {"source_data_files": str(corpus), "data_path": str(tmp / "data")},
+    deep_update(cfg, {"data": {"origin": {"source_data_files": str(corpus)}, "data_path": str(tmp / "data")},
                       "trainer": {"default_root_dir": str(tmp / "run")}})
     deep_update(cfg, overrides or {})
     path = tmp / name

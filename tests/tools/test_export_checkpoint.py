@@ -71,7 +71,7 @@ def test_finetune_from_an_hf_directory(ckpt, tmp_path):
     run(["export_checkpoint.py", str(src), str(tmp_path / "start"), "--format", "hf", "--dtype", "fp32"])
     # an unusual end-of-document id, so that the export can be seen to take it from the run's config
     over = {"model": {"load_model": str(tmp_path / "start"), "n_layer": None, "n_embd": None, "head_size": 64},
-            "data": {"eod_token_id": 5},
+            "data": {"format": {"eod_token_id": 5}},
             "trainer": {"max_steps": 2, "val_check_interval": None, "limit_val_batches": 0}}
     cfg = make_config(tmp_path, over)
     preload(cfg)
