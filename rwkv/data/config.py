@@ -149,8 +149,8 @@ class RowsConfig:
 
 @dataclass(frozen=True)
 class LoaderConfig:
-    """`data.loader`: how fit reads data_path (docs/data.md "Fit"). Nothing here changes the preloaded bytes,
-    so none of it is part of the preload cache key (docs/design.md §3.6).
+    """`data.loader`: how fit reads data_path (docs/data.md "DataModule and batches"). Nothing here changes the
+    preloaded bytes, so none of it is part of the preload cache key (docs/design.md §3.6).
 
     Args:
         auto_preload: At fit start, build a missing or stale data_path instead of stopping.

@@ -117,10 +117,15 @@ class RWKVDataModule(DataConfig, pl.LightningDataModule):
         )
 
     def samples_per_step(self) -> int:
-        """Samples per optimizer step on this rank: the micro batch times the trainer's accumulation
-        (RWKVTrainer accumulates inside one training step, so one batch = one optimizer step)."""
+        """The train loader's batch on this rank. RWKVTrainer accumulates inside one training step, so there
+        one batch is one optimizer step: its `samples_per_step` (trainer.microbatch_size × the accumulation
+        count). Any other Lightning Trainer accumulates across batches itself (accumulate_grad_batches), and
+        gets micro batches; so does the module without a trainer. The data package does not import training
+        (docs/design.md §2), hence the test for the attribute rather than for the class."""
         trainer = getattr(self, "trainer", None)
-        return self.micro_batch_size * int(getattr(trainer, "rwkv_accumulate", 1) or 1)
+        if hasattr(trainer, "samples_per_step"):
+            return int(trainer.samples_per_step)
+        return self.micro_batch_size
 
     def train_dataloader(self) -> DataLoader:
         if not self._ready():

@@ -53,5 +53,5 @@ class RWKVTrainer(Trainer):
 
     @property
     def samples_per_step(self) -> int:
-        """Samples per optimizer step on each device."""
+        """Samples per optimizer step on each device: RWKVDataModule's train batch (one batch per step)."""
         return self.microbatch_size * self.rwkv_accumulate

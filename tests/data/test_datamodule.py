@@ -143,12 +143,28 @@ def test_per_rank_loaders_have_equal_length_and_cover_all_rows(tmp_path, corpus)
     assert set(seen) == all_rows and len(seen) == 30
 
 
+def test_train_batch_is_the_trainers_optimizer_step(tmp_path, corpus):
+    """With RWKVTrainer the train loader yields one optimizer step per batch: the trainer's samples_per_step
+    (micro batch × accumulation from target_batch_size); a trainer without it accumulates across batches
+    itself and gets micro batches."""
+    from rwkv.training.trainer import RWKVTrainer
+
+    dm = dm_for(tmp_path, corpus[0], auto_preload=True, test_split=0, micro_batch_size=2)
+    dm.prepare_data()
+    assert dm.train_dataloader().batch_size == 2  # no trainer: one micro batch
+    dm.trainer = RWKVTrainer(accelerator="cpu", devices=1, microbatch_size=2, target_batch_size=6, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    assert dm.trainer.samples_per_step == 6 and dm.train_dataloader().batch_size == 6
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=1)  # e.g. a plain lightning Trainer
+    assert dm.train_dataloader().batch_size == 2
+
+
 def test_train_loader_is_resumable(tmp_path, corpus):
     """Lightning saves `loader.state_dict()` with checkpoints and calls `load_state_dict` on resume."""
     dm = dm_for(tmp_path, corpus[0], auto_preload=True, test_split=0, micro_batch_size=2)
     dm.prepare_data()
     progress = SimpleNamespace(processed=3)
-    dm.trainer = SimpleNamespace(global_rank=0, world_size=1, rwkv_accumulate=2,
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=1, samples_per_step=4,
                                  fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(
                                      batch_progress=SimpleNamespace(current=progress))))
     dl = dm.train_dataloader()
