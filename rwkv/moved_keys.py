@@ -53,14 +53,36 @@ def regroup(section: str, values: dict[str, Any], moved: dict[str, str]) -> dict
 
 
 def regroup_argv(argv: list[str], section: str, moved: dict[str, str]) -> list[str]:
-    """`--section.key VALUE` / `--section.key=VALUE` items of old keys spelled with their group."""
+    """`--section.key VALUE` / `--section.key=VALUE` items of old keys spelled with their group, and a whole
+    section given as a mapping (`--section '{key: VALUE}'`, `--section={...}`) with its old keys regrouped."""
     out = []
+    whole = False  # the previous item was `--section`: this one is the section's value
     for a in argv:
         name, eq, value = a.partition("=")
         prefix = f"--{section}."
         key = name[len(prefix):] if name.startswith(prefix) else None
-        if key in moved:
+        if whole:
+            a, whole = _regroup_text(a, section, moved), False
+        elif a == f"--{section}":
+            whole = True
+        elif name == f"--{section}" and eq:
+            a = f"{name}={_regroup_text(value, section, moved)}"
+        elif key in moved:
             warn_moved(section, key, moved[key])
             a = f"{prefix}{moved[key]}.{key}{eq}{value}"
         out.append(a)
     return out
+
+
+def _regroup_text(text: str, section: str, moved: dict[str, str]) -> str:
+    """A section's value from the command line: a YAML mapping with old keys comes back regrouped (as YAML);
+    anything else (a file name, a mapping without old keys) unchanged."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if not isinstance(value, dict) or not any(k in moved for k in value):
+        return text
+    return yaml.safe_dump(regroup(section, value, moved), default_flow_style=True, width=1 << 30).strip()

@@ -149,6 +149,8 @@ def test_preload_accepts_both_spellings_and_the_data_stays_up_to_date(tmp_path):
     assert sorted(str(w.message) for w in caught) == sorted(
         moved_keys.moved_message("data", k, MOVED[k]) for k in [*keys, "seed"])
     assert old.as_config() == new.as_config() and new.seed == 3
+    whole, _ = parse_command_line([str(flat), "--data", "{seed: 3}"])
+    assert whole.as_config() == new.as_config()
     assert load_data_config(str(flat)).as_config() == load_data_config(str(grouped)).as_config()
     manifest = preload(new, progress=lambda m: None)
     assert data_status(old) == ("ok", manifest)  # built from one spelling, up to date for the other
@@ -190,7 +192,8 @@ def parse(args):
 old_yaml, bad_yaml, tiny, argv = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 print(json.dumps({"yaml": parse(["-c", old_yaml]), "argv": parse(["-c", tiny, *argv]),
                   "bad_yaml": parse(["-c", bad_yaml]), "bad_argv": parse(["-c", tiny, "--data.rows.tset_split", "3"]),
-                  "micro_batch": parse(["-c", tiny, "--data.micro_batch_size", "3"])}))
+                  "micro_batch": parse(["-c", tiny, "--data.micro_batch_size", "3"]),
+                  "whole": parse(["-c", tiny, "--data", "{num_proc: 3, tokenizer: world, rows: {seed: 4}}"])}))
 """
 
 
@@ -227,5 +230,8 @@ def test_old_flat_keys_in_yaml_and_on_the_fit_command_line(tmp_path):
     _assert_moved(out["argv"], "argv")  # the command line wins over the grouped values of tiny.yaml
     assert "tokenzier" in out["bad_yaml"]["error"] and "format" in out["bad_yaml"]["error"]
     assert "--data.rows.tset_split" in out["bad_argv"]["error"]
+    whole = out["whole"]  # the whole section as one command-line value
+    assert (whole["cfg"]["data"]["rows"]["num_proc"], whole["cfg"]["data"]["rows"]["seed"]) == (3, 4)
+    assert whole["cfg"]["data"]["format"]["tokenizer"] == "world" and len(whole["moved"]) == 2
     # one spelling of the micro batch: trainer.microbatch_size, linked into data.micro_batch_size
     assert 'Linked "data.micro_batch_size" must be given via "trainer.microbatch_size"' in out["micro_batch"]["error"]
