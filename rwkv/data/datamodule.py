@@ -1,9 +1,10 @@
 """`RWKVDataModule`: the only module of rwkv.data that imports Lightning.
 
-Its `__init__` is `DataConfig.__init__` (inherited, not redefined): that typed signature with one
-docstring line per key is the schema of the YAML `data:` section for LightningCLI and for
-preload_datapath.py alike. Fit never tokenizes: `setup()` memory-maps what `preload_datapath.py`
-wrote, after checking that its manifest matches the current config (docs/design.md §3.6).
+Its `__init__` is `DataConfig.__init__` (inherited, not redefined): that typed signature and its group
+dataclasses (origin, format, rows, loader), with one docstring line per key, are the schema of the YAML
+`data:` section for LightningCLI and for preload_datapath.py alike. Fit never tokenizes: `setup()`
+memory-maps what `preload_datapath.py` wrote, after checking that its manifest matches the current config
+(docs/design.md §3.6).
 """
 
 from __future__ import annotations
