@@ -158,6 +158,27 @@ def test_preload_accepts_both_spellings_and_the_data_stays_up_to_date(tmp_path):
                                          and k not in ("source_data_files", "source_data_dir")}
 
 
+def test_both_preload_commands_take_both_spellings(tmp_path):
+    """`python -m rwkv preload` with the old flat keys builds; `preload_datapath.py` with the grouped keys then
+    finds that data_path up to date (a cache hit), and warns about nothing."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": f"doc {i} " + "y" * i} for i in range(12)])
+    keys = {"source": "json", "source_data_files": str(corpus), "tokenizer": "bytes", "num_proc": 1}
+    data_path = str(tmp_path / "out")
+    flat = _cfg_yaml(tmp_path, {"data_path": data_path, **keys}, "flat.yaml")
+    grouped = _cfg_yaml(tmp_path, DataConfig.from_keys(data_path=data_path, **keys).as_config(), "grouped.yaml")
+    env = {"PYTHONPATH": str(ROOT), "HF_DATASETS_OFFLINE": "1", "PATH": ""}
+
+    def run(*args):
+        p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return p.stderr
+
+    first = run("-m", "rwkv", "preload", str(flat), "--data.test_split", "2")
+    assert "data.test_split is now data.rows.test_split" in first and "building" in first
+    second = run("preload_datapath.py", str(grouped), "--data.rows.test_split", "2")
+    assert "cache hit" in second and "MovedConfigKeyWarning" not in second
+
+
 def test_preload_errors_name_the_group_key(tmp_path):
     p = _cfg_yaml(tmp_path, {"data_path": "out", "format": {"tokenzier": "bytes"}})
     with pytest.raises(DataError, match=r"cfg\.yaml, line 7: data\.format\.tokenzier: unknown key"):
