@@ -147,6 +147,18 @@ class RWKVCLI(LightningCLI):
                 self.config_init[self.subcommand]["ckpt_path"] = str(ckpt)  # what fit() receives
             else:
                 self.trainer.print("auto_resume: no complete checkpoint found, starting from scratch")
+        if not self.config_init[self.subcommand].get("ckpt_path"):
+            for cb in self.trainer.checkpoint_callbacks:
+                if cb.dirpath and os.path.exists(os.path.join(cb.dirpath, "last.ckpt")):
+                    self.trainer.print(f"warning: {earlier_last_message(cb.dirpath)}", file=sys.stderr)
+
+
+def earlier_last_message(ckpt_dir: str) -> str:
+    """A fresh run whose checkpoint directory already holds a last.ckpt: Lightning keeps that file and names
+    this run's `last-v1.ckpt` (then -v2, ...), so `last.ckpt` would still be the earlier model."""
+    return (f"{ckpt_dir}/last.ckpt is from an earlier run and stays as it is: this run's last checkpoint will be "
+            f"{ckpt_dir}/last-vN.ckpt (the newest N). To continue that run use --ckpt_path last or --auto_resume "
+            f"true; to start afresh use another --trainer.default_root_dir or remove {ckpt_dir}.")
 
 
 def data_overrides(argv: list[str]) -> list[str]:

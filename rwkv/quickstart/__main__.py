@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -44,6 +45,16 @@ def step(title: str, cmd: list[str]) -> None:
     t = time.perf_counter()
     subprocess.run([sys.executable, *cmd], cwd=ROOT, check=True, env=child_env())
     print(f"== {title} done in {time.perf_counter() - t:.0f} s", flush=True)
+
+
+def fresh_checkpoints(out: Path) -> None:
+    """Remove the previous quickstart's checkpoints: each run starts fresh, and with an earlier last.ckpt
+    in place Lightning would write this run's as last-v1.ckpt, so that exporting last.ckpt scored the old
+    model (it did, for every re-run, until this was found)."""
+    ckpts = out / "checkpoints"
+    if ckpts.exists():
+        print(f"removing the previous run's checkpoints in {ckpts}", flush=True)
+        shutil.rmtree(ckpts)
 
 
 def training_summary(out: Path) -> str:
@@ -86,6 +97,7 @@ def main(argv=None) -> int:
            f"--trainer.max_time=00:00:{minutes:02d}:{seconds:02d}"]
     if args.max_steps:
         fit.append(f"--trainer.max_steps={args.max_steps}")
+    fresh_checkpoints(out)
     step("fit", fit)
     print(training_summary(out), flush=True)
     step("export", ["export_checkpoint.py", str(out / "checkpoints" / "last.ckpt"), str(out / "model.pth")])

@@ -53,6 +53,12 @@ def test_recipe_checkpoints_follow_default_root_dir(tmp_path):
     assert list(root.glob("logs/version_*/metrics.csv"))
     after = set(recipe_ckpts.rglob("*")) if recipe_ckpts.exists() else set()
     assert after == before  # ... and nothing in the recipe's own out/chat-ft
+    # a second fresh run into the same directory: Lightning keeps the first last.ckpt and writes last-v1.ckpt,
+    # and the trainer says so (exporting last.ckpt would give the earlier model)
+    again = run(["lightning_trainer.py", "fit", "-c", RECIPE, *CPU_OVERRIDES, *data,
+                 "--trainer.default_root_dir", str(root)])
+    assert "last.ckpt is from an earlier run" in again.stderr
+    assert (root / "checkpoints" / "last-v1.ckpt").is_file()
 
 
 @pytest.mark.slow

@@ -32,3 +32,30 @@ def test_child_env_shortens_the_openmp_spin_unless_the_user_chose(monkeypatch):
     monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
     assert child_env()["GOMP_SPINCOUNT"] == "1000"
     assert "OMP_WAIT_POLICY" not in child_env()
+
+
+def test_a_rerun_trains_and_exports_fresh_checkpoints(tmp_path, monkeypatch):
+    """An earlier run's last.ckpt is removed before fit: with it in place Lightning names the new run's
+    last-v1.ckpt and the quickstart exported (and scored) the earlier model."""
+    import rwkv.quickstart.__main__ as qs
+    import rwkv.quickstart.evaluate as ev
+
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_text("earlier run")
+    seen = {}
+
+    def fake_step(title, cmd):
+        if title == "fit":
+            seen["before_fit"] = sorted(p.name for p in (out / "checkpoints").glob("*"))
+            (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (out / "checkpoints" / "last.ckpt").write_text("this run")
+        if title == "export":
+            seen["exported"] = open(cmd[1]).read()
+
+    monkeypatch.setattr(qs, "ROOT", tmp_path)
+    monkeypatch.setattr(qs, "step", fake_step)
+    monkeypatch.setattr(qs, "make_dataset", lambda *a, **k: {"train": 1, "eval": 1})
+    monkeypatch.setattr(ev, "exact_match", lambda *a, **k: (1.0, 1, []))
+    assert qs.main(["--out", str(out)]) == 0
+    assert seen == {"before_fit": [], "exported": "this run"}
