@@ -150,9 +150,9 @@ def main() -> None:
         "# bench/preload.py: whole-preload throughput (world tokenizer, one document per row)\n"
         "trainer: {max_steps: 1}   # ignored by preload_datapath.py\n"
         "data:\n"
-        f"  data_path: {data_path}\n  source: json\n  source_data_files: {corpus}\n"
-        "  tokenizer: world\n  test_split: 0\n"
-        + (f"  num_proc: {args.num_proc}\n" if args.num_proc else "")
+        f"  data_path: {data_path}\n  origin: {{source: json, source_data_files: {corpus}}}\n"
+        "  format: {tokenizer: world}\n"
+        + (f"  rows: {{test_split: 0, num_proc: {args.num_proc}}}\n" if args.num_proc else "  rows: {test_split: 0}\n")
     )
 
     t_start, _, _ = run([PY, "-c", "pass"])

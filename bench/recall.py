@@ -66,16 +66,18 @@ def config(args, work: Path, n_test: int) -> dict:
             "enable_model_summary": False, "enable_progress_bar": False,
         },
         "model": {
-            "n_layer": 2, "n_embd": 64, "head_size": 16, "ctx_len": args.ctx_len,
-            "lr_init": args.lr, "lr_final": round(args.lr / 10, 10), "warmup_steps": 20,
+            "n_layer": 2, "n_embd": 64, "head_size": 16,
+            "segments": {"ctx_len": args.ctx_len},
+            "optimizer": {"lr_init": args.lr, "lr_final": round(args.lr / 10, 10), "warmup_steps": 20},
         },
         "data": {
-            "data_path": str(work / "tokens"), "source": "json", "source_data_files": str(work / "train.jsonl"),
-            "tokenizer": "bytes",
+            "data_path": str(work / "tokens"),
+            "origin": {"source": "json", "source_data_files": str(work / "train.jsonl")},
             # one sample per row, exactly as written: no rechunking, no packing, no end-of-document token
             # (so the answer is the only learned token, and the key stays in the same row as the question)
-            "eod_token_id": None, "text_rechunk_auto": False, "text_rechunk_force": False,
-            "packing_enable": False, "test_split": n_test, "seed": args.seed, "num_proc": 1,
+            "format": {"tokenizer": "bytes", "eod_token_id": None},
+            "rows": {"text_rechunk_auto": False, "text_rechunk_force": False, "packing_enable": False,
+                     "test_split": n_test, "seed": args.seed, "num_proc": 1},
         },
     }
 

@@ -46,7 +46,7 @@ def export_checkpoint(ckpt, out, dtype: str | None = None, fmt: str = "pth", tok
                       eos_token_id: int = 0) -> dict:
     """Write `out` in format `fmt` (pth, hf or safetensors) from `ckpt`; returns the tensors written (fla
     names for hf). `tokenizer` (hf only): a data tokenizer name whose Hugging Face files go along;
-    `eos_token_id`: the end-of-document id the model was trained with (data.eod_token_id)."""
+    `eos_token_id`: the end-of-document id the model was trained with (data.format.eod_token_id)."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     dtype = dtype or DEFAULT_DTYPE[fmt]

@@ -43,7 +43,7 @@ class BinIdxReader:
         self.idx_path, self.bin_path = self.prefix + ".idx", self.prefix + ".bin"
         for p in (self.idx_path, self.bin_path):
             if not os.path.isfile(p):
-                raise DataError(f"binidx: {p} does not exist; data.source_data_files must be the path "
+                raise DataError(f"binidx: {p} does not exist; data.origin.source_data_files must be the path "
                                 "prefix of a .bin/.idx pair (without the extension)")
         self._read_index()
         self._bin = None
@@ -191,11 +191,11 @@ def magic_prime(data_size: int, ctx_len: int) -> int:
 def check_magic_prime(p: int, data_size: int, ctx_len: int) -> str | None:
     """Errors as DataError; returns a warning string when the official 0.9 ratio check would fail."""
     if not is_prime(p) or p % 3 != 2:
-        raise DataError(f"data.magic_prime: {p} must be a prime with p % 3 == 2 (docs/model-spec.md §6.2); "
+        raise DataError(f"data.loader.magic_prime: {p} must be a prime with p % 3 == 2 (docs/model-spec.md §6.2); "
                         f"leave it null to compute {magic_prime(data_size, ctx_len)}")
     chunks = data_size // ctx_len
     if p > chunks - 1:
-        raise DataError(f"data.magic_prime: {p} exceeds data_size//ctx_len - 1 = {chunks - 1}: windows would "
+        raise DataError(f"data.loader.magic_prime: {p} exceeds data_size//ctx_len - 1 = {chunks - 1}: windows would "
                         "read past the end of the data")
     if not 0.9 < p / chunks <= 1:
         return (f"magic_prime {p} uses only {p / chunks:.0%} of the {chunks} windows (the official "

@@ -33,7 +33,7 @@ BUILDER_NAMES = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parq
 @dataclass(frozen=True)
 class OriginConfig:
     """`data.origin`: where the records come from. Named origin, not source, because `source` is itself one of
-    its keys (kept under its name, so that `data.source` moves by position only); not dataset, which in this
+    its keys (kept under its name, so that `data.origin.source` moves by position only); not dataset, which in this
     package means the tokenized rows at data_path.
 
     Args:
@@ -218,6 +218,11 @@ def grouped(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def key_path(key: str) -> str:
+    """How messages name a data key: its full place in the config (`data.format.tokenizer`, `data.data_path`)."""
+    return f"data.{MOVED[key]}.{key}" if key in MOVED else f"data.{key}"
+
+
 def _read(group: str, key: str) -> property:
     return property(lambda self: getattr(getattr(self, group), key), doc=f"data.{group}.{key}")
 
@@ -311,14 +316,14 @@ class DataConfig:
 
     def validate(self) -> None:
         def bad(key: str, msg: str):
-            raise DataError(f"data.{key}: {msg}")
+            raise DataError(f"{key_path(key)}: {msg}")
 
         if not self.data_path or not str(self.data_path).strip():
             bad("data_path", "must name the directory of the preloaded dataset")
         if self.source == "binidx" and not isinstance(self.source_data_files, str):
             bad("source_data_files", "source binidx needs the .bin/.idx path prefix as one string")
         if self.sampler == "official" and self.source != "binidx":
-            bad("sampler", "`official` reads a binidx source directly; set data.source: binidx")
+            bad("sampler", "`official` reads a binidx source directly; set data.origin.source: binidx")
         if self.sampler not in ("default", "official"):
             bad("sampler", f"unknown sampler {self.sampler!r}; use default or official")
         if self.conversation_format not in (None, "iopairs", "sender", "messages"):

@@ -76,7 +76,7 @@ class RWKVDataModule(DataConfig, pl.LightningDataModule):
                          "source files (its manifest hash differs)",
                 "foreign": f"data.data_path {self.data_path} was not written by preload_datapath.py",
             }[status]
-            hint = "" if status == "foreign" else " (or set data.auto_preload: true)"
+            hint = "" if status == "foreign" else " (or set data.loader.auto_preload: true)"
             raise DataError(f"{why}. Build it with: {self._preload_command()}{hint}")
         import datasets
 

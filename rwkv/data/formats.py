@@ -15,6 +15,7 @@ from itertools import chain
 import numpy as np
 
 from ..errors import DataError
+from .config import key_path
 
 ALPACA_KEYS = ["instruction", "input", "output"]
 ALPACA_PREFIX = ["Instruction:\n", "Input:\n", "Output:\n"]
@@ -44,7 +45,7 @@ def _text(value, row: int, column: str, *, optional: bool = True) -> str:
         return ""
     if not isinstance(value, str):
         raise RowError(row, column, f"expected a string, got {type(value).__name__} ({str(value)[:60]!r}); "
-                       "fix the record or choose another column with data.custom_text_key")
+                       "fix the record or choose another column with data.format.custom_text_key")
     return value
 
 
@@ -63,7 +64,7 @@ class RecordFormatter:
     def _detect(self, cfg, cols: list[str]) -> tuple[str, list[str]]:
         def need(col: str, key: str) -> None:
             if col not in cols:
-                raise DataError(f"data.{key}: column {col!r} is not in the dataset (columns: {cols})")
+                raise DataError(f"{key_path(key)}: column {col!r} is not in the dataset (columns: {cols})")
 
         if cfg.custom_text_key:
             need(cfg.custom_text_key, "custom_text_key")
@@ -80,7 +81,7 @@ class RecordFormatter:
         if keys:
             present = [k for k in keys if k in cols]
             if not present:
-                raise DataError(f"data.multi_column_keys: none of {keys} is a column (columns: {cols})")
+                raise DataError(f"data.format.multi_column_keys: none of {keys} is a column (columns: {cols})")
             n = len(keys)
             self.mc_keys = keys
             self.mc_prefix = cfg.multi_column_prefix or (ALPACA_PREFIX if keys == ALPACA_KEYS else [""] * n)
@@ -92,9 +93,9 @@ class RecordFormatter:
         if "text" in cols:
             return "text", ["text"]
         raise DataError(
-            f"no text column: the dataset has columns {cols}. Set data.custom_text_key to the column "
-            "holding the text, or use a record format (prompt/completion, data.multi_column_keys, "
-            "data.conversation_format)"
+            f"no text column: the dataset has columns {cols}. Set data.format.custom_text_key to the column "
+            "holding the text, or use a record format (prompt/completion, data.format.multi_column_keys, "
+            "data.format.conversation_format)"
         )
 
     # -- per-record segments -----------------------------------------------------------------
@@ -165,7 +166,7 @@ class RecordFormatter:
         for i, turn in enumerate(self._turns(rec, row)):
             if skey not in turn:
                 raise RowError(row, self.conv_key, f"turn {i} has no {skey!r} field "
-                               "(data.conversation_sender_key)")
+                               "(data.format.conversation_sender_key)")
             sender = str(turn[skey])
             label = labels.get(sender, sender)
             for field, template in templates.items():
@@ -186,7 +187,7 @@ class RecordFormatter:
             role = msg.get("role")
             if role not in labels:
                 raise RowError(row, self.conv_key, f"message {i} has role {role!r}, which "
-                               "data.conversation_role_map does not name; add it (e.g. {tool: Tool})")
+                               "data.format.conversation_role_map does not name; add it (e.g. {tool: Tool})")
             content = _text(msg.get("content"), row, f"{self.conv_key}[{i}].content")
             parts.append((labels[role] + ":", False))
             parts.append((" " + content + TURN_SUFFIX, bool(masks.get(role, False))))

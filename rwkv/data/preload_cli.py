@@ -4,7 +4,7 @@ the fit config -> data on disk.
 Reads only `data:` (the model/trainer/optimizer sections of the same YAML are ignored), applies
 command-line overrides as LightningCLI would, validates against the `DataConfig` signature with
 jsonargparse (the very signature LightningCLI uses for `RWKVDataModule`), and runs the preload.
-No Lightning import: a cache hit returns in well under 2 s. Keys that moved into a group (`data.tokenizer`,
+No Lightning import: a cache hit returns in well under 2 s. Keys that moved into a group (`data.format.tokenizer`,
 now `data.format.tokenizer`) are accepted in their old place, in the file and on the command line, with
 one warning each, as by the fit CLI (rwkv/moved_keys.py).
 """

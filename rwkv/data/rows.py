@@ -100,8 +100,8 @@ def split_test(kept: np.ndarray, test_split, shuffle: bool, seed: int):
         return kept, kept[:0]
     k = max(1, round(n * test_split)) if test_split < 1 else int(test_split)
     if k >= n:
-        raise DataError(f"data.test_split: holding out {k} of the {n} documents left after filtering leaves "
-                        "nothing to train on; lower data.test_split (0 disables the test split)")
+        raise DataError(f"data.rows.test_split: holding out {k} of the {n} documents left after filtering leaves "
+                        "nothing to train on; lower data.rows.test_split (0 disables the test split)")
     if shuffle:
         perm = np.random.default_rng(seed).permutation(n)
         return np.sort(kept[perm[k:]]), np.sort(kept[perm[:k]])

@@ -85,7 +85,7 @@ class OfficialSampler(_EpochState):
         real_bsz = world_size * micro_batch_size
         if MINI_EPOCH % real_bsz:
             raise DataError(
-                f"data.sampler official: world size {world_size} × data.micro_batch_size {micro_batch_size} "
+                f"data.loader.sampler official: world size {world_size} × data.micro_batch_size {micro_batch_size} "
                 f"(linked from trainer.microbatch_size) = {real_bsz} must divide the 40320-sample mini-epoch "
                 "(docs/model-spec.md §6.2); pick a micro batch size / device count whose product divides 40320"
             )

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from ..errors import DataError
+from .config import key_path
 
 # Files of a local hub-like dataset folder that never change the data.
 _IGNORED_DIRS = {".git", ".cache", "__pycache__"}
@@ -34,7 +35,7 @@ def resolve_data_files(cfg) -> list[Path]:
         matches = sorted(glob.glob(str(full), recursive=True))
         matches = [m for m in matches if os.path.isfile(m)]
         if not matches:
-            raise DataError(f"data.source_data_files: {pat!r} matches no file (looked for {full}); "
+            raise DataError(f"data.origin.source_data_files: {pat!r} matches no file (looked for {full}); "
                             "fix the path or glob")
         out.extend(Path(m) for m in matches)
     return out
@@ -58,12 +59,12 @@ def local_source_files(cfg) -> list[Path] | None:
     files = resolve_data_files(cfg) if cfg.source_data_files is not None else []
     if cfg.source_data_dir and cfg.source_data_files is None:
         if not Path(cfg.source_data_dir).is_dir():
-            raise DataError(f"data.source_data_dir: {cfg.source_data_dir} is not a directory")
+            raise DataError(f"data.origin.source_data_dir: {cfg.source_data_dir} is not a directory")
         files.extend(_walk(Path(cfg.source_data_dir)))
     if cfg.builder():
         if not files:
-            raise DataError(f"data.source: builder {cfg.source!r} needs data.source_data_files "
-                            "(or data.source_data_dir) naming local files")
+            raise DataError(f"data.origin.source: builder {cfg.source!r} needs data.origin.source_data_files "
+                            "(or data.origin.source_data_dir) naming local files")
         return files
     src = Path(str(cfg.source)).expanduser()
     if src.exists():  # a local folder laid out like a hub dataset repo
@@ -83,9 +84,9 @@ def source_fingerprint(cfg) -> dict:
             st = p.stat()
         except FileNotFoundError:
             if cfg.source == "binidx":
-                raise DataError(f"binidx: {p} does not exist; data.source_data_files must be the path prefix "
+                raise DataError(f"binidx: {p} does not exist; data.origin.source_data_files must be the path prefix "
                                 "of a .bin/.idx pair (without the extension)") from None
-            raise DataError(f"data.source_data_files: {p} does not exist") from None
+            raise DataError(f"data.origin.source_data_files: {p} does not exist") from None
         stats.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
     return {"files": stats}
 
@@ -248,7 +249,7 @@ def load_source(cfg, cache_dir: str, num_proc: int, columns_for=None):
 
     def split(name: str, key: str):
         if name not in loaded:
-            raise DataError(f"data.{key}: the source has no split {name!r} (it has {sorted(loaded)})")
+            raise DataError(f"{key_path(key)}: the source has no split {name!r} (it has {sorted(loaded)})")
         return loaded[name]
 
     train = split(cfg.source_dataset_split, "source_dataset_split")
@@ -337,11 +338,11 @@ def diagnose_load_failure(cfg, exc: BaseException) -> DataError:
             problem = None
         if problem:
             return DataError(problem)
-    where = f"data.source {cfg.source!r}"
+    where = f"data.origin.source {cfg.source!r}"
     if cfg.source_data_files:
         where += f" with files {cfg.source_data_files!r}"
-    return DataError(f"could not load {where}: {_summary(exc)}. Check data.source, data.source_data_files "
-                     "and data.source_dataset_params")
+    return DataError(f"could not load {where}: {_summary(exc)}. Check data.origin.source, "
+                     "data.origin.source_data_files and data.origin.source_dataset_params")
 
 
 def locate_record(cfg, record: int) -> str | None:

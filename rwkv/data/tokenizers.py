@@ -138,8 +138,8 @@ class JsonTokenizer(Tokenizer):
                 self._tok = HFTokenizer.from_file(self.path)
             except Exception as e:
                 raise DataError(
-                    f"data.tokenizer: {self.path} is not a readable tokenizer.json ({e}); "
-                    "point data.tokenizer at a Hugging Face tokenizer.json file"
+                    f"data.format.tokenizer: {self.path} is not a readable tokenizer.json ({e}); "
+                    "point data.format.tokenizer at a Hugging Face tokenizer.json file"
                 ) from None
         return self._tok
 
@@ -174,7 +174,7 @@ class HFDirTokenizer(Tokenizer):
                 self._tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
             except Exception as e:
                 raise DataError(
-                    f"data.tokenizer: could not load a tokenizer from directory {self.path} ({e}); "
+                    f"data.format.tokenizer: could not load a tokenizer from directory {self.path} ({e}); "
                     "it must hold tokenizer.json or tokenizer_config.json (as saved by save_pretrained)"
                 ) from None
         return self._tok
@@ -216,9 +216,9 @@ def get_tokenizer(name_or_path: str) -> Tokenizer:
         if path is None:
             where = ", ".join(str(p) for p in NEOX_SEARCH_PATHS)
             raise DataError(
-                f"data.tokenizer: neox needs {NEOX_FILE} (2,467,981 bytes, sha256 {NEOX_SHA256[:16]}…, "
+                f"data.format.tokenizer: neox needs {NEOX_FILE} (2,467,981 bytes, sha256 {NEOX_SHA256[:16]}…, "
                 "from the BlinkDL/ChatRWKV repo root), which no installed package ships. "
-                f"Put it at {where}, or set data.tokenizer to the path of your copy"
+                f"Put it at {where}, or set data.format.tokenizer to the path of your copy"
             )
         return JsonTokenizer(path, name="neox", vocab_size=NEOX_VOCAB_SIZE)
     path = Path(key).expanduser()
@@ -227,12 +227,12 @@ def get_tokenizer(name_or_path: str) -> Tokenizer:
     if path.is_dir():
         if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
             raise DataError(
-                f"data.tokenizer: directory {path} holds no tokenizer.json or tokenizer_config.json; "
+                f"data.format.tokenizer: directory {path} holds no tokenizer.json or tokenizer_config.json; "
                 "point it at a Hugging Face tokenizer directory or a tokenizer.json file"
             )
         return HFDirTokenizer(path)
     raise DataError(
-        f"data.tokenizer: unknown tokenizer {key!r} (no such file or directory). Use `world`, `neox`, "
+        f"data.format.tokenizer: unknown tokenizer {key!r} (no such file or directory). Use `world`, `neox`, "
         "`bytes`, the path of a tokenizer.json, or a local Hugging Face tokenizer directory"
     )
 

@@ -33,11 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
                      + "; use fp32 for exact v5/v6 parity with pip (docs/model-spec.md §4.2)")
     hf = p.add_argument_group("Hugging Face directory (--format hf)")
     hf.add_argument("--tokenizer", default=None,
-                    help="the data.tokenizer the model was trained with (default: from the run's saved "
+                    help="the data.format.tokenizer the model was trained with (default: from the run's saved "
                     "config.yaml when CKPT is <run>/checkpoints/…); a Hugging Face tokenizer (neox, a "
                     "tokenizer.json, a tokenizer dir) is saved into the directory (world/bytes: see README)")
     hf.add_argument("--eos-id", type=int, default=None,
-                    help="end-of-document id the model was trained with (default: the run's data.eod_token_id, "
+                    help="end-of-document id the model was trained with (default: the run's data.format.eod_token_id, "
                     "else 0)")
     peft_merge.add_arguments(p)
     return p
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
             settings, where = found
             args.tokenizer = args.tokenizer or settings.get("tokenizer")
             args.eos_id = settings.get("eod_token_id") if args.eos_id is None else args.eos_id
-            print(f"data.tokenizer {args.tokenizer!r}, data.eod_token_id {args.eos_id} from {where}")
+            print(f"data.format.tokenizer {args.tokenizer!r}, data.format.eod_token_id {args.eos_id} from {where}")
     if args.eos_id is None:
         args.eos_id = 0
     try:

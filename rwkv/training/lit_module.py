@@ -52,7 +52,7 @@ class RWKVLitModule(pl.LightningModule):
             n_layer: Number of layers of a fresh model.
             n_embd: Embedding size of a fresh model.
             head_size: Head size N (64 in every official model).
-            vocab_size: Model vocab; linked from the tokenizer (data.tokenizer), no need to set it.
+            vocab_size: Model vocab; linked from the tokenizer (data.format.tokenizer), no need to set it.
             dim_ffn: Channel-mix size (default 4·n_embd for x070, 3.5·n_embd for x060/x052).
             segments: Segment length, BPTT mode and block recomputation (rwkv/training/config.py).
             optimizer: Learning rates, schedule, Adam settings, weight decay (rwkv/training/config.py).
@@ -105,7 +105,7 @@ class RWKVLitModule(pl.LightningModule):
         missing = [k for k in ("n_layer", "n_embd", "vocab_size") if getattr(hp, k) is None]
         if missing:
             raise ConfigError("a fresh model needs " + ", ".join(f"model.{k}" for k in missing)
-                             + " (vocab_size comes from data.tokenizer), or model.load_model")
+                             + " (vocab_size comes from data.format.tokenizer), or model.load_model")
         cfg = RWKVConfig(version=hp.version, n_layer=hp.n_layer, n_embd=hp.n_embd, vocab_size=hp.vocab_size,
                          head_size=hp.head_size, dim_ffn=hp.dim_ffn)
         return build_model(cfg, grad_cp=self.segment_config.grad_cp, init=True)

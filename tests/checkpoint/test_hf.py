@@ -459,7 +459,7 @@ def test_re_export_replaces_and_a_failed_export_keeps_the_old_dir(tmp_path):
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
     before = {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()}
     # a tokenizer that cannot be resolved fails after the weights were written to the temporary dir
-    with pytest.raises(DataError, match="data.tokenizer"):
+    with pytest.raises(DataError, match="data.format.tokenizer"):
         export_checkpoint(tmp_path / "m.pth", tmp_path / "hf", "fp32", fmt="hf",
                           tokenizer=str(tmp_path / "missing.json"))
     assert {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()} == before

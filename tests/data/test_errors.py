@@ -77,14 +77,14 @@ def test_non_utf8_json_and_text(tmp_path):
 
 
 def test_missing_files_and_globs(tmp_path):
-    fails(tmp_path, r"data.source_data_files: '.*nope\*\.jsonl' matches no file", source="json",
+    fails(tmp_path, r"data.origin.source_data_files: '.*nope\*\.jsonl' matches no file", source="json",
           source_data_files=str(tmp_path / "nope*.jsonl"))
-    fails(tmp_path, r"builder 'json' needs data.source_data_files", source="json")
+    fails(tmp_path, r"builder 'json' needs data.origin.source_data_files", source="json")
 
 
 def test_missing_split(tmp_path):
     p = write_jsonl(tmp_path / "d.jsonl", [{"text": "a b c"}])
-    fails(tmp_path, r"data.source_dataset_split: the source has no split 'validation'", source="json",
+    fails(tmp_path, r"data.origin.source_dataset_split: the source has no split 'validation'", source="json",
           source_data_files=str(p), source_dataset_split="validation")
 
 
@@ -132,13 +132,13 @@ def test_unknown_or_missing_tokenizer(tmp_path):
 
 
 def test_unknown_format_option_and_bad_values():
-    with pytest.raises(DataError, match="data.conversation_format: unknown format 'chatml'"):
+    with pytest.raises(DataError, match="data.format.conversation_format: unknown format 'chatml'"):
         DataConfig.from_keys(data_path="x", conversation_format="chatml")
-    with pytest.raises(DataError, match="data.sampler: `official` reads a binidx source"):
+    with pytest.raises(DataError, match="data.loader.sampler: `official` reads a binidx source"):
         DataConfig.from_keys(data_path="x", source="json", sampler="official")
-    with pytest.raises(DataError, match="data.multi_column_prefix: has 1 entries but multi_column_keys"):
+    with pytest.raises(DataError, match="data.format.multi_column_prefix: has 1 entries but multi_column_keys"):
         DataConfig.from_keys(data_path="x", multi_column_keys=["a", "b"], multi_column_prefix=["x"])
-    with pytest.raises(DataError, match="data.test_split: 2.5 is neither"):
+    with pytest.raises(DataError, match="data.rows.test_split: 2.5 is neither"):
         DataConfig.from_keys(data_path="x", test_split=2.5)
 
 

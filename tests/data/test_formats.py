@@ -140,7 +140,7 @@ def test_wrong_type_is_row_error_naming_record_and_column():
 def test_missing_text_column_error_lists_columns():
     with pytest.raises(DataError, match=r"no text column.*\['body', 'id'\].*custom_text_key"):
         run([{"body": "x", "id": 1}])
-    with pytest.raises(DataError, match="data.custom_text_key: column 'nope'"):
+    with pytest.raises(DataError, match="data.format.custom_text_key: column 'nope'"):
         run([{"text": "x"}], custom_text_key="nope")
 
 

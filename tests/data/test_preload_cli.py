@@ -53,7 +53,7 @@ def test_script_prints_one_line_error_without_traceback(tmp_path):
                           text=True, env={"PYTHONPATH": str(ROOT), "HF_DATASETS_OFFLINE": "1", "PATH": ""})
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().startswith("error: data.source_data_files:") and "missing.jsonl" in proc.stderr
+    assert proc.stderr.strip().startswith("error: data.origin.source_data_files:") and "missing.jsonl" in proc.stderr
 
 
 def test_command_line_overrides_and_their_errors(tmp_path):

@@ -147,7 +147,7 @@ def test_split_counts_fractions_and_seed():
     assert test.tolist() == [97, 98, 99]
     assert len(R.split_test(kept, 0.001, True, 0)[1]) == 1  # a fraction holds out at least one
     assert len(R.split_test(kept, 0, True, 0)[1]) == 0
-    with pytest.raises(DataError, match="data.test_split"):
+    with pytest.raises(DataError, match="data.rows.test_split"):
         R.split_test(np.arange(3), 3, True, 0)
 
 

@@ -69,7 +69,7 @@ def test_missing_data_suggests_the_preload_command_with_the_data_overrides(tmp_p
     p = run(args, check=False)
     assert p.returncode == 2, p.stderr[-3000:]
     line = next(ln for ln in p.stderr.splitlines() if "Build it with: " in ln)
-    command = line.split("Build it with: ", 1)[1].split(" (or set data.auto_preload")[0]
+    command = line.split("Build it with: ", 1)[1].split(" (or set data.loader.auto_preload")[0]
     words = shlex.split(command)
     assert words[:2] == ["python", "preload_datapath.py"] and words[3:] == data
     assert (ROOT / words[2]).resolve() == (ROOT / RECIPE).resolve()  # the CLI reports the config's full path

@@ -80,7 +80,7 @@ def test_finetune_from_an_hf_directory(ckpt, tmp_path):
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses), losses
     p = run(["export_checkpoint.py", str(tmp_path / "run" / "checkpoints" / "last.ckpt"), str(tmp_path / "tuned"),
              "--format", "hf", "--dtype", "fp32"])
-    assert "data.tokenizer 'bytes', data.eod_token_id 5 from" in p.stdout and "config.yaml" in p.stdout
+    assert "data.format.tokenizer 'bytes', data.format.eod_token_id 5 from" in p.stdout and "config.yaml" in p.stdout
     assert "no tokenizer files written" in p.stdout
     written = json.loads((tmp_path / "tuned" / "config.json").read_text())
     assert written["eos_token_id"] == 5 and written["bos_token_id"] == 5
