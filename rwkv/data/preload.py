@@ -223,7 +223,7 @@ def _tokenize_binidx(cfg, tokenizer, writer, progress):
         vals = np.asarray(reader.tokens()[start : start + int(sizes.sum())]).astype(np.int32)
         if len(vals) and int(vals.max()) >= tokenizer.vocab_size:
             raise DataError(f"binidx: {reader.bin_path} holds token id {int(vals.max())}, outside the "
-                            f"{tokenizer.name} vocab ({tokenizer.vocab_size}); set data.tokenizer to the "
+                            f"{tokenizer.name} vocab ({tokenizer.vocab_size}); set data.format.tokenizer to the "
                             "tokenizer that wrote it")
         offsets = cumsum0(sizes)
         writer.write_batch(pa.RecordBatch.from_arrays(
@@ -261,9 +261,9 @@ def preload(cfg, *, force: bool = False, progress=_stderr) -> dict:
     if cfg.source is None:
         status, manifest = data_status(cfg, key="-")
         if status == "missing":
-            raise DataError(f"data.source is null, so data.data_path must already hold a dataset, but "
-                            f"{cfg.data_path} does not exist; set data.source to build one")
-        progress(f"data.source is null: using {cfg.data_path} as it is")
+            raise DataError(f"data.origin.source is null, so data.data_path must already hold a dataset, but "
+                            f"{cfg.data_path} does not exist; set data.origin.source to build one")
+        progress(f"data.origin.source is null: using {cfg.data_path} as it is")
         return manifest or {}
     if cfg.sampler == "official":
         from .binidx import BinIdxReader
@@ -275,7 +275,7 @@ def preload(cfg, *, force: bool = False, progress=_stderr) -> dict:
     t0 = time.perf_counter()
     tokenizer = get_tokenizer(cfg.tokenizer)
     if cfg.eod_token_id is not None and cfg.eod_token_id >= tokenizer.vocab_size:
-        raise DataError(f"data.eod_token_id: {cfg.eod_token_id} is outside the {tokenizer.name} vocab "
+        raise DataError(f"data.format.eod_token_id: {cfg.eod_token_id} is outside the {tokenizer.name} vocab "
                         f"({tokenizer.vocab_size})")
     key, details = cache_key(cfg, tokenizer)
     status, manifest = data_status(cfg, key)
@@ -312,7 +312,7 @@ def _tokenize_source(cfg, tokenizer, writer, workers, scratch: Path, progress, t
                                       columns_for=lambda names: RecordFormatter(cfg, tokenizer, names).columns)
     a, b = R.slice_bounds(cfg.dataset_offset, cfg.dataset_length, len(train_src))
     if b <= a:
-        raise DataError(f"data.dataset_offset / data.dataset_length select no record of the "
+        raise DataError(f"data.rows.dataset_offset / data.rows.dataset_length select no record of the "
                         f"{len(train_src)} in the source")
     timing["load"] = time.perf_counter() - t0
     reader = "pyarrow.json" if isinstance(train_src, ArrowRecords) else "datasets.load_dataset"
@@ -345,67 +345,26 @@ def _cpu() -> tuple[float, float]:
 
 
 def _build(cfg, tokenizer, key, details, build: Path, scratch: Path, progress) -> dict:
+    """Tokenize the source into scratch, choose the train/test documents, write their rows and save the
+    dataset into `build` with its manifest."""
     t0, timing = time.perf_counter(), {}
     cpu0 = _cpu()
-    # Fork the tokenizer workers first, before pyarrow/datasets are even imported here.
-    workers = _Workers(tokenizer, cfg.resolved_num_proc()) if cfg.source != "binidx" else None
-    try:
-        import pyarrow as pa
-
-        from . import rows as R
-
-        tok_path = str(scratch / "documents.arrow")
-        writer = pa.ipc.new_stream(tok_path, R.schema(False))
-        n_test_src, reader = 0, "binidx"
-        if workers is None:
-            lengths, learned, n_records = _tokenize_binidx(cfg, tokenizer, writer, progress)
-        else:
-            lengths, learned, n_records, n_test_src, reader = _tokenize_source(
-                cfg, tokenizer, writer, workers, scratch, progress, timing)
-        writer.close()
-    finally:
-        if workers is not None:
-            workers.close()
-    lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-    learned = np.concatenate(learned) if learned else np.zeros(0, np.int64)
+    tok_path = str(scratch / "documents.arrow")
+    lengths, learned, n_records, n_test_src, reader = _tokenize_documents(cfg, tokenizer, tok_path, scratch,
+                                                                          progress, timing)
     timing["tokenize"] = time.perf_counter() - t0 - timing.get("load", 0.0)
+    train_docs, test_docs, dropped = _select_documents(cfg, lengths, learned, n_test_src, progress)
 
-    # Filter, then split documents (the test split never shares a packed row with train).
-    keep, dropped = R.keep_mask(lengths, learned, cfg.min_token_size, cfg.max_token_size)
-    n_pool = len(lengths) - n_test_src
-    pool = np.nonzero(keep[:n_pool])[0]
-    if len(pool) == 0:
-        why = ", ".join(f"{v:,} {k}" for k, v in dropped.items()) or "the source is empty"
-        raise DataError(f"no document left after filtering ({n_pool:,} read; dropped: {why}); check "
-                        "data.min_token_size / data.max_token_size and the text column")
-    if n_test_src:
-        train_docs, test_docs = pool, n_pool + np.nonzero(keep[n_pool:])[0]
-    else:
-        train_docs, test_docs = R.split_test(pool, cfg.test_split, cfg.test_split_shuffle, cfg.seed)
-    if dropped:
-        progress("dropped " + ", ".join(f"{v:,} ({k})" for k, v in dropped.items()))
+    import pyarrow as pa
+
+    from . import rows as R
 
     with pa.memory_map(tok_path) as src:
         table = R.TokenTable(pa.ipc.open_stream(src).read_all())
-        rechunk = cfg.rechunks()
-        packed = rechunk or cfg.packing_enable
         stats, split_files = {}, {}
         for name, docs in (("train", train_docs), ("test", test_docs)):
-            path = str(scratch / f"{name}.arrow")
-            w = R.RowWriter(path, with_docs=packed)
-            if rechunk:
-                R.write_rechunked(table, docs, lengths, cfg.text_rechunk_size, w)
-            else:
-                if cfg.packing_enable:
-                    pack = R.pack_in_sequence if cfg.packing_in_sequence else R.pack_best_fit
-                    order, bounds = pack(docs, lengths, cfg.packing_max_len)
-                else:
-                    order, bounds = R.one_per_row(docs)
-                if cfg.sort_by_length and name == "train":
-                    order, bounds = R.sort_rows(order, bounds, lengths, cfg.sort_asc)
-                R.write_rows(table, order, bounds, lengths, w)
-            stats[name] = w.close()
-            split_files[name] = path
+            split_files[name] = str(scratch / f"{name}.arrow")
+            stats[name] = _write_rows(cfg, table, docs, lengths, split_files[name], sortable=name == "train")
         timing["rows"] = time.perf_counter() - t0 - sum(timing.values())
         import datasets
 
@@ -424,7 +383,7 @@ def _build(cfg, tokenizer, key, details, build: Path, scratch: Path, progress) -
         "tokenizer": tokenizer.name,
         "vocab_size": tokenizer.vocab_size,
         "eod_token_id": cfg.eod_token_id,
-        "layout": "rechunked" if rechunk else ("packed" if cfg.packing_enable else "documents"),
+        "layout": "rechunked" if cfg.rechunks() else ("packed" if cfg.packing_enable else "documents"),
         "source_reader": reader,
         "source_records": int(n_records + n_test_src),
         "documents_kept": int(len(train_docs) + len(test_docs)),
@@ -438,3 +397,72 @@ def _build(cfg, tokenizer, key, details, build: Path, scratch: Path, progress) -
     with open(build / MANIFEST, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1, default=str)
     return manifest
+
+
+def _tokenize_documents(cfg, tokenizer, tok_path: str, scratch: Path, progress, timing: dict):
+    """Every source document's tokens into the arrow stream `tok_path`. Returns the per-document token and
+    learned-token counts, the number of records read, how many of them came from a separate test source
+    (they follow the others), and which reader loaded them."""
+    # Fork the tokenizer workers first, before pyarrow/datasets are even imported here.
+    workers = _Workers(tokenizer, cfg.resolved_num_proc()) if cfg.source != "binidx" else None
+    try:
+        import pyarrow as pa
+
+        from . import rows as R
+
+        writer = pa.ipc.new_stream(tok_path, R.schema(False))
+        n_test_src, reader = 0, "binidx"
+        if workers is None:
+            lengths, learned, n_records = _tokenize_binidx(cfg, tokenizer, writer, progress)
+        else:
+            lengths, learned, n_records, n_test_src, reader = _tokenize_source(
+                cfg, tokenizer, writer, workers, scratch, progress, timing)
+        writer.close()
+    finally:
+        if workers is not None:
+            workers.close()
+    lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    learned = np.concatenate(learned) if learned else np.zeros(0, np.int64)
+    return lengths, learned, n_records, n_test_src, reader
+
+
+def _select_documents(cfg, lengths, learned, n_test_src: int, progress):
+    """Filter by size, then split into train and test documents (the test split never shares a packed row
+    with train). Returns (train document indices, test document indices, dropped counts by reason)."""
+    from . import rows as R
+
+    keep, dropped = R.keep_mask(lengths, learned, cfg.min_token_size, cfg.max_token_size)
+    n_pool = len(lengths) - n_test_src
+    pool = np.nonzero(keep[:n_pool])[0]
+    if len(pool) == 0:
+        why = ", ".join(f"{v:,} {k}" for k, v in dropped.items()) or "the source is empty"
+        raise DataError(f"no document left after filtering ({n_pool:,} read; dropped: {why}); check "
+                        "data.rows.min_token_size / data.rows.max_token_size and the text column")
+    if n_test_src:
+        train_docs, test_docs = pool, n_pool + np.nonzero(keep[n_pool:])[0]
+    else:
+        train_docs, test_docs = R.split_test(pool, cfg.test_split, cfg.test_split_shuffle, cfg.seed)
+    if dropped:
+        progress("dropped " + ", ".join(f"{v:,} ({k})" for k, v in dropped.items()))
+    return train_docs, test_docs, dropped
+
+
+def _write_rows(cfg, table, docs, lengths, path: str, sortable: bool) -> dict:
+    """One split's rows: rechunked, packed or one document per row, sorted by length if asked (`sortable`:
+    only the train split is ever reordered). Returns the writer's row/token counts."""
+    from . import rows as R
+
+    rechunk = cfg.rechunks()
+    w = R.RowWriter(path, with_docs=rechunk or cfg.packing_enable)
+    if rechunk:
+        R.write_rechunked(table, docs, lengths, cfg.text_rechunk_size, w)
+    else:
+        if cfg.packing_enable:
+            pack = R.pack_in_sequence if cfg.packing_in_sequence else R.pack_best_fit
+            order, bounds = pack(docs, lengths, cfg.packing_max_len)
+        else:
+            order, bounds = R.one_per_row(docs)
+        if cfg.sort_by_length and sortable:
+            order, bounds = R.sort_rows(order, bounds, lengths, cfg.sort_asc)
+        R.write_rows(table, order, bounds, lengths, w)
+    return w.close()

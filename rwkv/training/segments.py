@@ -152,43 +152,49 @@ def run_sample(model, input_ids, loss_mask, ctx_len: int, bptt, loss_fn, backwar
             res.loss_sum = res.loss_sum + loss_sum.detach().to(res.loss_sum.dtype)
         return loss_sum * factor.to(loss_sum.dtype), new_state
 
+    def do_backward(t, final: bool):  # final: the sample's last backward, which the caller may defer
+        if final and defer_last:
+            res.deferred = t
+        else:
+            backward(t)
+
     groups = bptt_groups(n_real, bptt, n)
     state = None
     for gi, group in enumerate(groups):
         last_group = gi == len(groups) - 1
-
-        def do_backward(t, final: bool):
-            if final and defer_last:
-                res.deferred = t
-            else:
-                backward(t)
-
         if len(group) == 1:
             loss, state = forward(group[0], state, True)
             do_backward(loss, last_group)
-            state = detach_state(state)
-            continue
-        # exact group: forward without graph keeping start states, then recompute in reverse
-        starts = StartStates(state, len(group) - 1)
-        with torch.no_grad():
-            st = state
-            for i in group[:-1]:
-                _, st = forward(i, st, False)
-                starts.append(st)
-        s_in = _requires_grad_copy(starts[len(group) - 1])
-        loss, end_state = forward(group[-1], s_in, True)
-        do_backward(loss, False)
-        grads = [[t.grad for t in layer] for layer in s_in]
-        for j in range(len(group) - 2, -1, -1):
-            first = j == 0
-            # the group's first segment starts from the incoming state (None = zeros): no gradient to it
-            s_in = detach_state(starts[0]) if first else _requires_grad_copy(starts[j])
-            loss, st = forward(group[j], s_in, True)
-            do_backward(_inject(loss, st, grads), last_group and first)
-            if not first:
-                grads = [[t.grad for t in layer] for layer in s_in]
-        state = detach_state(end_state)
+        else:
+            state = _exact_group(forward, group, state, do_backward, last_group)
+        state = detach_state(state)
     return res
+
+
+def _exact_group(forward, group: list[int], state, backward, last_group: bool):
+    """Exact BPTT over the segments `group`, starting from `state`: a forward without graph that keeps each
+    segment's start state, then the segments recomputed with graph in reverse, each backward adding the
+    gradient that the next segment sent to its end state. `backward(t, final)`; the group's first segment
+    has its backward last, the sample's final one when this is the last group. Returns the end state."""
+    starts = StartStates(state, len(group) - 1)
+    with torch.no_grad():
+        st = state
+        for i in group[:-1]:
+            _, st = forward(i, st, False)
+            starts.append(st)
+    s_in = _requires_grad_copy(starts[len(group) - 1])
+    loss, end_state = forward(group[-1], s_in, True)
+    backward(loss, False)
+    grads = [[t.grad for t in layer] for layer in s_in]
+    for j in range(len(group) - 2, -1, -1):
+        first = j == 0
+        # the group's first segment starts from the incoming state (None = zeros): no gradient to it
+        s_in = detach_state(starts[0]) if first else _requires_grad_copy(starts[j])
+        loss, st = forward(group[j], s_in, True)
+        backward(_inject(loss, st, grads), last_group and first)
+        if not first:
+            grads = [[t.grad for t in layer] for layer in s_in]
+    return end_state
 
 
 @torch.no_grad()
