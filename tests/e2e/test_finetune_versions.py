@@ -40,7 +40,7 @@ def test_finetune_export_and_pip_load(data, tmp_path, version, cls):
     # official order first happens at blocks.1 (docs/model-spec.md §4.2; see tests/model/test_interop_v6.py).
     # `bytes` is the byte tokenizer's padded vocab (320 rows), the one data.tokenizer links to the model.
     init = tmp_path / f"{version}_init.pth"
-    # init_model.py's main in-process: the script is only its import (tested in tests/model/test_v6_init.py),
+    # init_model.py's main in-process: the script is only its import (tested in tests/model/test_init_v6.py),
     # and a subprocess would add ~5 s of torch start-up per version
     assert init_model(["--version", version, "--n_layer", "2", "--n_embd", "64", "--head_size", "16",
                        "--vocab_size", "bytes", "--seed", "5", str(init)]) == 0  # bf16, as official files are

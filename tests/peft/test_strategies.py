@@ -11,7 +11,7 @@ import torch
 
 from rwkv.peft import STATE_KEY, load_state_file
 from rwkv.peft.merge import load_lightning_checkpoint
-from tests.peft.test_train import LORA, make_base
+from tests.peft.test_training import LORA, make_base
 from tests.support.runs import fit, make_config, preload, run, write_corpus
 
 pytestmark = pytest.mark.slow
