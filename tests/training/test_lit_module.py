@@ -1,7 +1,10 @@
-"""One optimizer step through Lightning: the gradients the optimizer sees equal the exact ones.
+"""RWKVLitModule (rwkv/training/lit_module.py). One optimizer step through Lightning: the gradients the
+optimizer sees equal the exact ones.
 
 Catches any interaction between the segment loop and Lightning's loop (zero_grad placement, deferred
-backward, micro-batch split and trimming, loss scaling), which the segment-loop tests alone cannot.
+backward, micro-batch split and trimming, loss scaling), which the segment-loop tests alone cannot. Also:
+the LR schedule by time and by token budget as the trainer applies it, and the per-version layerwise_lr
+default.
 """
 
 import lightning.pytorch as pl
@@ -116,7 +119,7 @@ def test_schedule_by_time_anneals_by_the_time_budget():
 def test_token_budget_schedule_through_the_trainer():
     """The lrs the optimizer uses under a token budget follow the official formula (progress after the
     warm-up's tokens), with the warm-up tokens recorded by the module and kept in its checkpoint."""
-    from tests.training.test_loss_optim import official_lr
+    from tests.training.test_optim import official_lr
 
     batch = make_batch([20, 20])
     per_step = int(batch["lengths"].sum())
@@ -137,3 +140,13 @@ def test_token_budget_schedule_through_the_trainer():
     fresh = RWKVLitModule(n_layer=1, n_embd=32, head_size=16, vocab_size=97)
     fresh.on_load_checkpoint(ckpt)
     assert (fresh.tokens_seen, fresh.warmup_tokens) == (8 * per_step, 2 * per_step)
+
+
+@pytest.mark.parametrize("version,default", [("x070", False), ("x060", True), ("x052", True)])
+def test_layerwise_lr_defaults_to_the_official_setting_per_version(version, default):
+    from rwkv.training.lit_module import RWKVLitModule
+
+    module = RWKVLitModule(version=version, n_layer=1, n_embd=32, head_size=16, vocab_size=50)
+    assert module.layerwise_lr is default
+    assert RWKVLitModule(version=version, n_layer=1, n_embd=32, head_size=16, vocab_size=50,
+                         layerwise_lr=not default).layerwise_lr is (not default)

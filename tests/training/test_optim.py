@@ -1,44 +1,12 @@
-"""Loss (L2Wrap, docs/model-spec.md §1.5), parameter groups and LR schedule (docs/model-spec.md §1.6)."""
+"""Optimizer (rwkv/training/optim.py): parameter groups and LR schedule (docs/model-spec.md §1.6)."""
 
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from rwkv.model import RWKVConfig, build_model
-from rwkv.training import loss as loss_mod
-from rwkv.training.loss import head_ce_l2wrap, logits_ce_l2wrap
 from rwkv.training.optim import build_optimizer, lr_at, param_groups
-from tests.support.recipe import SpecL2Wrap
-
-
-@pytest.mark.parametrize("block", [7, 2048])
-def test_fused_and_unfused_head_loss_match_the_spec_with_upstream_scale(block, monkeypatch):
-    """Σ w·CE / n with the trainer's L2Wrap equals torch's mean CE over the learned rows with the official
-    L2Wrap function (tests/support/recipe.py), also under an upstream gradient ≠ 1 (accumulation, loss
-    scaling) and with row blocks that cut through the rows."""
-    monkeypatch.setattr(loss_mod, "ROW_BLOCK", block)
-    monkeypatch.setattr(loss_mod, "_block_rows", lambda V: block)
-    torch.manual_seed(0)
-    h = torch.randn(2, 19, 16, dtype=torch.float64, requires_grad=True)
-    W = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
-    tg = torch.randint(0, 40, (2, 19))
-    wt = (torch.rand(2, 19) > 0.4).double()
-    learned = wt > 0
-    y = (h @ W.T)[learned]
-    ce = F.cross_entropy(y, tg[learned])
-    (2.5 * SpecL2Wrap.apply(ce, y)).backward()
-    ref = (h.grad.clone(), W.grad.clone())
-    h.grad = W.grad = None
-    for fn in (lambda: head_ce_l2wrap(h, W, tg, wt), lambda: logits_ce_l2wrap(h @ W.T, tg, wt)):
-        out = fn()
-        assert (out / wt.sum()).item() == pytest.approx(ce.item(), rel=1e-12)  # the value has no penalty
-        (2.5 * out / wt.sum()).backward()
-        torch.testing.assert_close(h.grad, ref[0], atol=1e-12, rtol=0)
-        torch.testing.assert_close(W.grad, ref[1], atol=1e-12, rtol=0)
-        h.grad = W.grad = None
-
 
 # docs/model-spec.md §1.6, transcribed per version for a 2-layer model with weight_decay 0.1: parameter name
 # (after "blocks.i." for block parameters) → (lr scale, weight decay). Written from the spec's rules, not
@@ -101,16 +69,6 @@ def test_time_first_is_3x_with_layerwise_lr():
     m.att.time_first = torch.nn.Parameter(torch.zeros(4))
     assert [g["lr_scale"] for g in param_groups(m, 0.1, True)] == [3.0]
     assert [g["lr_scale"] for g in param_groups(m, 0.1, False)] == [1.0]
-
-
-@pytest.mark.parametrize("version,default", [("x070", False), ("x060", True), ("x052", True)])
-def test_layerwise_lr_defaults_to_the_official_setting_per_version(version, default):
-    from rwkv.training.lit_module import RWKVLitModule
-
-    module = RWKVLitModule(version=version, n_layer=1, n_embd=32, head_size=16, vocab_size=50)
-    assert module.layerwise_lr is default
-    assert RWKVLitModule(version=version, n_layer=1, n_embd=32, head_size=16, vocab_size=50,
-                         layerwise_lr=not default).layerwise_lr is (not default)
 
 
 def test_optimizer_is_decoupled_adamw_with_groups():
