@@ -42,11 +42,6 @@ def test_parameter_names_order_and_shapes():
     assert all(p.requires_grad for p in model.parameters())
 
 
-@pytest.mark.parametrize("C,F", [(2048, 7168), (2560, 8960), (4096, 14336)])
-def test_default_dim_ffn(C, F):
-    assert RWKVConfig(version="x060", n_layer=1, n_embd=C, vocab_size=16).dim_ffn == F
-
-
 @pytest.mark.parametrize("split", [[1, 16, 20], [17, 63, 20], [50, 50]])
 def test_segments_equal_one_call(split):
     checks.check_segments_equal_whole("x060", split)
