@@ -12,7 +12,7 @@ from rwkv.data.tokenizers import (
     tokenizer_for_vocab,
     tokenizer_vocab_size,
 )
-from rwkv.data.world_trie import WorldTrie, parse_vocab, world_vocab_path
+from rwkv.data.world_trie import WorldTrie
 from rwkv.errors import DataError
 
 # docs/model-spec.md §5.1 test vectors (identical in `rwkv` pip and pyrwkv_tokenizer).
@@ -59,12 +59,6 @@ def test_world_fast_equals_trie_reference(world, trie):
     assert world.encode_batch(texts) == [trie.encode(t) for t in texts]
     for t in texts[:20]:
         assert world.decode(world.encode(t)) == t
-
-
-def test_world_vocab_file_facts():
-    table = parse_vocab(world_vocab_path())
-    assert len(table) == 65529 and min(table) == 1 and max(table) == 65529  # id 0 is not in the file
-    assert all(table[b + 1] == bytes([b]) for b in range(256))  # single bytes: id = byte + 1
 
 
 def test_world_decode_partial_utf8_does_not_crash(world):
