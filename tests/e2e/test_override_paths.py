@@ -13,7 +13,6 @@ import sys
 
 import pytest
 
-from rwkv.cli import _default_dirpath, data_overrides
 from tests.support.runs import ROOT, env, run
 
 RECIPE = "configs/finetune-world-chat.yaml"  # World tokenizer, chat format, its own ModelCheckpoint callback
@@ -79,23 +78,3 @@ def test_missing_data_suggests_the_preload_command_with_the_data_overrides(tmp_p
     assert (tmp_path / "my data").is_dir()
     run(args)
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
-
-
-def test_data_overrides_keeps_only_data_items_in_order():
-    argv = ["fit", "-c", "a.yaml", "--data.data_path", "x y", "--model.n_layer", "2", "--data.tokenizer=world",
-            "--data", "{num_proc: 1}", "--trainer.default_root_dir", "r", "--database", "no", "--data.last"]
-    assert data_overrides(argv) == ["--data.data_path", "x y", "--data.tokenizer=world", "--data",
-                                    "{num_proc: 1}", "--data.last"]
-
-
-def test_default_dirpath_fills_only_an_unset_dirpath():
-    from jsonargparse import Namespace
-
-    unset = Namespace(class_path="lightning.pytorch.callbacks.ModelCheckpoint", init_args=Namespace(dirpath=None))
-    given = Namespace(class_path="lightning.pytorch.callbacks.ModelCheckpoint", init_args=Namespace(dirpath="mine"))
-    as_dict = {"class_path": "ModelCheckpoint", "init_args": {"save_last": True}}
-    for cb in (unset, given, as_dict):
-        _default_dirpath(cb, "root/checkpoints")
-    assert unset.init_args.dirpath == "root/checkpoints"
-    assert given.init_args.dirpath == "mine"
-    assert as_dict["init_args"] == {"save_last": True, "dirpath": "root/checkpoints"}
