@@ -2,17 +2,14 @@
 
 One training step = one optimizer step: the batch holds all micro batches of the step (see
 trainer.RWKVTrainer), each run through the segment loop (segments.py). Every backward but the last goes
-through `_backward`; the last is returned to Lightning, and gradient reduction happens exactly once per
-step: under DDP the earlier backwards run inside DDP's forward (the reducer is not armed yet, gradients
-accumulate locally); under DeepSpeed ZeRO-2/3 all backwards run inside `coalesce_grad_reduction()`, and
-under ZeRO-1 the earlier ones inside `no_sync()`.
+through `strategies.StepBackwards.backward`; the last is returned to Lightning, and gradient reduction
+happens exactly once per step (how, per strategy: strategies.StepBackwards).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from contextlib import ExitStack
 from typing import Literal
 
 import lightning.pytorch as pl
@@ -26,6 +23,7 @@ from .config import OptimizerConfig, SegmentConfig, as_dict, group_values
 from .loss import head_ce_l2wrap, logits_ce_l2wrap
 from .optim import build_optimizer, lr_at, param_groups
 from .segments import eval_sample, run_sample, segment_bounds
+from .strategies import StepBackwards, deepspeed_of
 
 
 class RWKVLitModule(pl.LightningModule):
@@ -79,7 +77,7 @@ class RWKVLitModule(pl.LightningModule):
         self.strict_loading = peft_training.strict_loading(self.model)  # PEFT checkpoints lack the frozen base
         self.tokens_seen = 0  # all ranks, restored from checkpoints (drives a token-budget schedule)
         self.warmup_tokens = None  # tokens_seen when the warm-up ended (token progress starts there)
-        self._sync_scope: ExitStack | None = None
+        self._backwards: StepBackwards | None = None  # this step's, made in training_step
         self._drop_grads = False
         self._step_t0 = None
         self._val_sums = None
@@ -123,13 +121,10 @@ class RWKVLitModule(pl.LightningModule):
     def forward(self, idx, state=None, reset=None):
         return self.model(idx, state, reset)
 
-    # ---- strategy helpers --------------------------------------------------------------------------
+    # ---- strategy helpers (the plumbing itself: strategies.StepBackwards) --------------------------
     @property
     def _deepspeed(self):
-        from lightning.pytorch.strategies import DeepSpeedStrategy
-
-        s = self.trainer.strategy
-        return s if isinstance(s, DeepSpeedStrategy) else None
+        return deepspeed_of(self.trainer)
 
     def _loss_fn(self, hidden, targets, weights, l2wrap: bool | None = None):
         """Σ w·CE of a segment (+ L2Wrap in backward when training). The caller divides by the learned
@@ -143,32 +138,9 @@ class RWKVLitModule(pl.LightningModule):
     def _eval_loss_fn(self, hidden, targets, weights):
         return self._loss_fn(hidden, targets, weights, l2wrap=False)
 
-    def _backward(self, tensor):
-        """A backward pass that is not the step's last (that one is Lightning's)."""
-        ds = self._deepspeed
-        if ds is not None:
-            self.trainer.model.backward(tensor)  # the DeepSpeed engine (scaling, ZeRO bookkeeping)
-            return
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        (scaler.scale(tensor) if scaler is not None else tensor).backward()
-
-    def _open_sync_scope(self):
-        ds = self._deepspeed
-        self._sync_scope = ExitStack()
-        if ds is None or ds.world_size == 1:
-            return
-        engine = self.trainer.model
-        stage = int(ds.config.get("zero_optimization", {}).get("stage", 0))
-        if stage >= 2 or hasattr(engine.optimizer, "_coalesce_grad_reduction"):
-            self._sync_scope.enter_context(engine.coalesce_grad_reduction())
-        else:  # ZeRO-1 with DeepSpeed's BF16 optimizer wrapper: earlier backwards without reduction
-            self._sync_scope.enter_context(engine.no_sync())
-            self._close_before_final = True
-
     def _close_sync_scope(self):
-        if self._sync_scope is not None:
-            scope, self._sync_scope = self._sync_scope, None
-            scope.close()
+        if self._backwards is not None:
+            self._backwards.close()
 
     def on_after_backward(self):
         self._close_sync_scope()  # flushes DeepSpeed's coalesced reduction after the step's last backward
@@ -180,11 +152,6 @@ class RWKVLitModule(pl.LightningModule):
     def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
         """Lightning zeroes gradients between `training_step` and its backward, which would erase the
         gradients of the step's earlier segments; they are cleared at the start of `training_step`."""
-
-    def _zero_grad(self):
-        if self._deepspeed is None:  # DeepSpeed clears (and partitions) gradients in engine.step()
-            for opt in self.trainer.optimizers:
-                opt.zero_grad(set_to_none=True)
 
     # ---- training ----------------------------------------------------------------------------------
     # Batch fields that describe the batch rather than feed the model stay on the CPU, so that planning a
@@ -264,14 +231,14 @@ class RWKVLitModule(pl.LightningModule):
         micro = self._micro_batches(batch)
         counts = self._segment_counts(micro)
         local_tokens = sum(int(m["lengths"].sum()) if "lengths" in m else m["input_ids"].numel() for m in micro)
-        self._zero_grad()
-        self._close_before_final = False
-        self._open_sync_scope()
+        self._backwards = StepBackwards(self.trainer)
+        self._backwards.zero_grad()
+        self._backwards.open()
         results = []
         for i, m in enumerate(micro):
             try:
                 res = run_sample(self.model, m["input_ids"], m["loss_mask"], seg.ctx_len, seg.bptt, self._loss_fn,
-                                 self._backward, reset=m.get("reset"), scale=1.0 / len(micro),
+                                 self._backwards.backward, reset=m.get("reset"), scale=1.0 / len(micro),
                                  n_segments=counts[i], defer_last=i == len(micro) - 1)
             except BaseException:
                 self._close_sync_scope()
@@ -287,7 +254,7 @@ class RWKVLitModule(pl.LightningModule):
              local_bad], "sum")
         if n_bad:
             return self._handle_nonfinite(micro, results, bool(local_bad.item()))
-        if self._close_before_final:
+        if self._backwards.close_before_final:
             self._close_sync_scope()
         self.tokens_seen += int(step_tokens)
         self._step_tokens = step_tokens

@@ -5,6 +5,9 @@ CUDA assumptions (the accelerator check, the CUDA device-index validation, and `
 index) when the accelerator is the CPU, and is registered under the usual names (`deepspeed_stage_2`,
 `deepspeed_stage_3_offload`, …), so one YAML serves CPU tests and GPU clusters. Registration happens when
 the CLI starts (`register_strategies()`), never at import.
+
+`StepBackwards` is the strategy plumbing of one training step (which backward reduces gradients, who
+clears them), so that the LightningModule only says what a step computes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 
 from lightning.pytorch.accelerators import CPUAccelerator
@@ -25,6 +29,57 @@ def _skip_cpu_shm_comm_build() -> None:
     gloo collectives gave identical results when we compared them, so use those."""
     comm = importlib.import_module("deepspeed.comm.torch")  # `import deepspeed.comm.torch` finds torch
     comm.build_shm_op = lambda: None
+
+
+def deepspeed_of(trainer) -> DeepSpeedStrategy | None:
+    s = trainer.strategy
+    return s if isinstance(s, DeepSpeedStrategy) else None
+
+
+class StepBackwards:
+    """The backwards of one training step under the run's strategy, reducing gradients across ranks once per
+    step. Every backward but the step's last goes through `backward`; the last is Lightning's. Under DDP the
+    earlier backwards run inside DDP's forward (the reducer is not armed yet, gradients accumulate locally);
+    under DeepSpeed ZeRO-2/3 all of them run inside `coalesce_grad_reduction()`, under ZeRO-1 the earlier
+    ones inside `no_sync()` (then `close_before_final` is set: close before the last backward)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.deepspeed = deepspeed_of(trainer)
+        self.close_before_final = False
+        self._scope: ExitStack | None = None
+
+    def zero_grad(self) -> None:
+        if self.deepspeed is None:  # DeepSpeed clears (and partitions) gradients in engine.step()
+            for opt in self.trainer.optimizers:
+                opt.zero_grad(set_to_none=True)
+
+    def open(self) -> None:
+        self._scope = ExitStack()
+        ds = self.deepspeed
+        if ds is None or ds.world_size == 1:
+            return
+        engine = self.trainer.model
+        stage = int(ds.config.get("zero_optimization", {}).get("stage", 0))
+        if stage >= 2 or hasattr(engine.optimizer, "_coalesce_grad_reduction"):
+            self._scope.enter_context(engine.coalesce_grad_reduction())
+        else:  # ZeRO-1 with DeepSpeed's BF16 optimizer wrapper: earlier backwards without reduction
+            self._scope.enter_context(engine.no_sync())
+            self.close_before_final = True
+
+    def close(self) -> None:
+        """Leave the scope (flushes DeepSpeed's coalesced reduction); a second call does nothing."""
+        if self._scope is not None:
+            scope, self._scope = self._scope, None
+            scope.close()
+
+    def backward(self, tensor) -> None:
+        """A backward pass that is not the step's last."""
+        if self.deepspeed is not None:
+            self.trainer.model.backward(tensor)  # the DeepSpeed engine (scaling, ZeRO bookkeeping)
+            return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        (scaler.scale(tensor) if scaler is not None else tensor).backward()
 
 
 class RWKVDeepSpeedStrategy(DeepSpeedStrategy):
