@@ -73,7 +73,7 @@ def test_missing_data_names_the_preload_command(tmp_path, corpus):
     dm.config_path = "configs/my.yaml"
     dm.prepare_data()  # auto_preload is off: nothing is built
     with pytest.raises(DataError, match=r"does not exist\. Build it with: python preload_datapath\.py "
-                                        r"configs/my\.yaml \(or set data\.auto_preload: true\)"):
+                                        r"configs/my\.yaml \(or set data\.loader\.auto_preload: true\)"):
         dm.setup("fit")
 
 
